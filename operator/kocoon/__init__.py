@@ -1,0 +1,1 @@
+"""Kocoon: a Kubernetes runtime for AI agent sessions and models."""
