@@ -1,0 +1,175 @@
+"""The routing table: what the router knows about every target, fed by watch events.
+
+Pure and synchronous. The watchers in `kube.py` (or a static file, or a test) call the
+`upsert_*`/`delete_*` methods; the data path calls `resolve()` on every request, which is a
+few dict look-ups and never touches the API server.
+
+An AgentSession has no backend of its own: it points at the Sandbox it currently owns
+(`sandbox_ref`), so a session's route is composed from two records at `resolve()` time. That
+way a Sandbox becoming Ready releases the requests held for its session with no extra event.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class TargetKind(enum.StrEnum):
+    """The kinds the router forwards to; the value is the lowercase kind name."""
+
+    SANDBOX = "sandbox"
+    SESSION = "agentsession"
+    MODEL = "modeldeployment"
+
+
+class TargetKey(NamedTuple):
+    kind: TargetKind
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+# Phases with a meaning for the data path. Anything else (Pending, Starting, Waking, ...) is
+# "not ready yet": requests are held and a wake is requested, which is harmless when the
+# operator is already bringing the target up because wake requests are level-based.
+PHASE_FAILED = "Failed"
+PHASE_TERMINATING = "Terminating"
+UNROUTABLE_PHASES = frozenset({PHASE_FAILED, PHASE_TERMINATING})
+
+
+@dataclass(frozen=True)
+class BackendView:
+    """What the router needs from a Sandbox or ModelDeployment's status."""
+
+    phase: str = ""
+    ready: bool = False
+    endpoints: tuple[str, ...] = ()  # "host:port"
+    token_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """What the router needs from an AgentSession's status."""
+
+    phase: str = ""
+    sandbox_ref: str | None = None
+    token_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """A resolved target: where to send a request and who may send it."""
+
+    key: TargetKey
+    phase: str
+    ready: bool
+    endpoints: tuple[str, ...]
+    token_hashes: frozenset[bytes]
+
+    @property
+    def forwardable(self) -> bool:
+        return self.ready and bool(self.endpoints)
+
+    @property
+    def unroutable(self) -> bool:
+        return self.phase in UNROUTABLE_PHASES
+
+
+Listener = Callable[[], None]
+
+
+@dataclass
+class RoutingTable:
+    """Targets by key, plus the token hashes of the Secrets they reference."""
+
+    backends: dict[TargetKey, BackendView] = field(default_factory=dict)
+    sessions: dict[tuple[str, str], SessionView] = field(default_factory=dict)
+    # (namespace, secret name) -> SHA-256 digests of the accepted tokens (current, previous)
+    secrets: dict[tuple[str, str], frozenset[bytes]] = field(default_factory=dict)
+    listeners: list[Listener] = field(default_factory=list)
+    _round_robin: itertools.count[int] = field(default_factory=itertools.count)
+
+    # --- updates (from watch events) ---------------------------------------------------
+
+    def upsert_backend(self, key: TargetKey, view: BackendView) -> None:
+        if key.kind is TargetKind.SESSION:
+            raise ValueError(f"{key}: sessions are stored with upsert_session")
+        self.backends[key] = view
+        self._changed()
+
+    def delete_backend(self, key: TargetKey) -> None:
+        if self.backends.pop(key, None) is not None:
+            self._changed()
+
+    def upsert_session(self, namespace: str, name: str, view: SessionView) -> None:
+        self.sessions[namespace, name] = view
+        self._changed()
+
+    def delete_session(self, namespace: str, name: str) -> None:
+        if self.sessions.pop((namespace, name), None) is not None:
+            self._changed()
+
+    def upsert_secret(self, namespace: str, name: str, token_hashes: Iterable[bytes]) -> None:
+        self.secrets[namespace, name] = frozenset(token_hashes)
+        self._changed()
+
+    def delete_secret(self, namespace: str, name: str) -> None:
+        if self.secrets.pop((namespace, name), None) is not None:
+            self._changed()
+
+    def _changed(self) -> None:
+        for listener in list(self.listeners):
+            listener()
+
+    # --- reads (per request) ------------------------------------------------------------
+
+    def resolve(self, key: TargetKey) -> Route | None:
+        """The current route for `key`, or None when the router knows no such target."""
+        if key.kind is TargetKind.SESSION:
+            return self._resolve_session(key)
+        view = self.backends.get(key)
+        if view is None:
+            return None
+        return Route(
+            key=key,
+            phase=view.phase,
+            ready=view.ready,
+            endpoints=view.endpoints,
+            token_hashes=self._tokens(key.namespace, view.token_secret),
+        )
+
+    def _resolve_session(self, key: TargetKey) -> Route | None:
+        session = self.sessions.get((key.namespace, key.name))
+        if session is None:
+            return None
+        sandbox = None
+        if session.sandbox_ref:
+            sandbox_key = TargetKey(TargetKind.SANDBOX, key.namespace, session.sandbox_ref)
+            sandbox = self.backends.get(sandbox_key)
+        # A session is only as ready as the Sandbox it owns right now; a hibernated session
+        # may own none at all.
+        ready = sandbox is not None and sandbox.ready and session.phase not in UNROUTABLE_PHASES
+        return Route(
+            key=key,
+            phase=session.phase,
+            ready=ready,
+            endpoints=sandbox.endpoints if sandbox is not None else (),
+            token_hashes=self._tokens(key.namespace, session.token_secret),
+        )
+
+    def _tokens(self, namespace: str, secret: str | None) -> frozenset[bytes]:
+        if not secret:
+            return frozenset()
+        return self.secrets.get((namespace, secret), frozenset())
+
+    def pick_endpoint(self, route: Route) -> str:
+        """One of the route's endpoints, in turn; the route must be forwardable."""
+        if not route.endpoints:
+            raise LookupError(f"{route.key} has no endpoints")
+        return route.endpoints[next(self._round_robin) % len(route.endpoints)]
