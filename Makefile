@@ -1,0 +1,70 @@
+# Kocoon: `make dev` runs a local cluster with the operator, router and agent;
+# `make test` sets everything up and runs every test tier that can run on this machine.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+KOCOON := $(VENV)/bin/kocoon
+PYTEST_ARGS ?=
+
+.PHONY: help setup python binaries criu system crds crds-check lint test test-unit \
+        test-integration test-criu dev dev-down bench e2e clean
+
+help:
+	@echo "make dev        set up, start the local cluster with the operator, run a session's life"
+	@echo "make test       set up, lint, type-check and run every test tier that can run here"
+	@echo "make setup      install the Python env, build the pinned binaries and CRIU"
+	@echo "make crds       regenerate crds/, the chart's CRDs and docs/api.md from the models"
+	@echo "make lint       ruff and mypy --strict"
+	@echo "make bench      run the benchmarks in bench/"
+	@echo "make e2e        end-to-end tests on kind (needs a Docker engine)"
+	@echo "make dev-down   stop the local cluster started by make dev"
+
+python:
+	@bash setup/python.sh
+
+binaries:
+	@bash setup/binaries.sh
+
+criu:
+	@bash setup/criu.sh
+
+setup: python binaries criu
+
+crds: python
+	$(KOCOON) crds
+
+crds-check: python
+	$(KOCOON) crds --check
+
+lint: python
+	$(VENV)/bin/ruff check operator tests bench e2e
+	$(VENV)/bin/ruff format --check operator tests bench e2e
+	$(VENV)/bin/mypy --strict operator/kocoon
+
+test: setup lint
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+test-unit: python
+	$(PY) -m pytest -m "unit or handler" $(PYTEST_ARGS)
+
+test-integration: python binaries
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-criu: python criu
+	$(PY) -m pytest -m criu $(PYTEST_ARGS)
+
+dev: setup
+	$(PY) -m kocoon.devcluster.demo
+
+dev-down: python
+	$(KOCOON) dev down
+
+bench: setup
+	$(PY) -m bench
+
+e2e: python
+	$(PY) -m pytest -m e2e e2e $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
