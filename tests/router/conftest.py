@@ -12,7 +12,7 @@ from routerkit import Backend, LocalControl, RecordingSink, RunningRouter, backe
 from kocoon.router.main import assemble
 from kocoon.router.proxy import ProxyConfig
 from kocoon.router.table import RoutingTable
-from kocoon.router.wake import WakeConfig
+from kocoon.router.wake import WakeConfig, WakeControl
 
 
 async def _backend(host: str) -> AsyncIterator[Backend]:
@@ -40,8 +40,11 @@ def router_options() -> dict[str, object]:
     return {}
 
 
-async def start_router(options: dict[str, object], table: RoutingTable | None = None,
-                       control: object | None = None) -> tuple[RunningRouter, list[object]]:  # fmt: skip
+async def start_router(
+    options: dict[str, object],
+    table: RoutingTable | None = None,
+    control: WakeControl | None = None,
+) -> tuple[RunningRouter, list[object]]:
     table = table if table is not None else RoutingTable()
     local = LocalControl(table, delay=float(str(options.get("wake_delay", 0.3))))
     sink = RecordingSink()
@@ -49,7 +52,7 @@ async def start_router(options: dict[str, object], table: RoutingTable | None = 
     assert isinstance(wake_config, WakeConfig)
     built = assemble(
         table,
-        control or local,  # type: ignore[arg-type]
+        control or local,
         sink,
         proxy_config=ProxyConfig(
             domain="kocoon.test",

@@ -255,11 +255,18 @@ class LeaseWriter:
             await self._create(key, body)
 
     async def request_wake(self, key: TargetKey) -> None:
-        """Set the wake annotation unless present; conflicts mean another replica won."""
+        await self.write_wake_request(key)
+
+    async def write_wake_request(self, key: TargetKey) -> bool:
+        """Set the wake annotation unless present; True when this call wrote it.
+
+        A 409 means another replica (or the operator) changed the Lease first: re-read, and
+        find the request already there or write it on the fresh version.
+        """
         while True:
             lease = await self._read(key)
             if not wake_needed(lease):
-                return
+                return False
             stamp = {WAKE_REQUESTED_ANNOTATION: microtime(self.clock())}
             try:
                 if lease is None:
@@ -271,22 +278,24 @@ class LeaseWriter:
                     await self.leases.replace_namespaced_lease(
                         lease_name(key), key.namespace, lease
                     )
-                return
+                return True
             except ApiException as error:
                 if error.status != 409:
                     raise
                 log.debug("wake request raced; re-reading", extra={"target": str(key)})
 
     async def _read(self, key: TargetKey) -> dict[str, Any] | None:
-        try:
-            response = await self.leases.read_namespaced_lease(
-                lease_name(key), key.namespace, _preload_content=False
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        lease: dict[str, Any] = json.loads(await response.read())
+        # Raw JSON keeps the Lease a plain dict for the replace; unpreloaded responses do not
+        # raise on error statuses, so check it here.
+        response = await self.leases.read_namespaced_lease(
+            lease_name(key), key.namespace, _preload_content=False
+        )
+        body = await response.read()
+        if response.status == 404:
+            return None
+        if response.status >= 300:
+            raise ApiException(status=response.status, reason=body.decode(errors="replace"))
+        lease: dict[str, Any] = json.loads(body)
         return lease
 
     async def _create(self, key: TargetKey, body: dict[str, Any]) -> None:
@@ -369,7 +378,10 @@ class TableWatcher:
         known: set[tuple[str, str]],
     ) -> str:
         response = await fn(**kwargs, _preload_content=False)
-        listing = json.loads(await response.read())
+        body = await response.read()
+        if response.status >= 300:
+            raise ApiException(status=response.status, reason=body.decode(errors="replace"))
+        listing = json.loads(body)
         seen: set[tuple[str, str]] = set()
         for obj in listing.get("items") or []:
             meta = obj.get("metadata") or {}

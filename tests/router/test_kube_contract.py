@@ -1,0 +1,108 @@
+"""The status/Secret/Lease contract with the operator, as pure functions over plain dicts."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+
+import pytest
+
+from kocoon.router import kube
+from kocoon.router.activity import ActivitySnapshot
+from kocoon.router.auth import hash_token
+from kocoon.router.table import RoutingTable, TargetKey, TargetKind
+
+pytestmark = pytest.mark.unit
+
+
+def sandbox(name: str, **status: object) -> dict[str, object]:
+    return {"metadata": {"namespace": "ns", "name": name}, "status": status}
+
+
+READY = [{"type": "Ready", "status": "True"}, {"type": "Hibernated", "status": "False"}]
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({"endpoint": "10.1.2.3:8080"}, ("10.1.2.3:8080",)),
+        ({"endpoint": "http://s1.ns.svc:8080/"}, ("s1.ns.svc:8080",)),
+        ({"endpoint": {"host": "10.1.2.3", "port": 80}}, ("10.1.2.3:80",)),
+        ({"podIP": "10.1.2.3", "port": 9000}, ("10.1.2.3:9000",)),
+        ({"podIP": "10.1.2.3"}, ()),
+        ({}, ()),
+    ],
+)
+def test_endpoints_from_status(status: dict[str, object], expected: tuple[str, ...]) -> None:
+    assert kube.endpoints(status) == expected
+
+
+def test_events_build_a_session_route() -> None:
+    table = RoutingTable()
+    secret = {
+        "metadata": {"namespace": "ns", "name": "s1-token"},
+        "data": {
+            "token": base64.b64encode(b"new").decode(),
+            "previousToken": base64.b64encode(b"old").decode(),
+        },
+    }
+    session = {
+        "metadata": {"namespace": "ns", "name": "s1"},
+        "status": {
+            "phase": "Running",
+            "sandboxRef": {"name": "s1-x"},
+            "tokenSecretRef": {"name": "s1-token"},
+        },
+    }
+    kube.apply_event(table, None, "ADDED", secret)
+    kube.apply_event(table, TargetKind.SESSION, "ADDED", session)
+    kube.apply_event(
+        table,
+        TargetKind.SANDBOX,
+        "MODIFIED",
+        sandbox("s1-x", phase="Running", conditions=READY, endpoint="10.0.0.7:8080"),
+    )
+    route = table.resolve(TargetKey(TargetKind.SESSION, "ns", "s1"))
+    assert route is not None
+    assert route.forwardable
+    assert route.endpoints == ("10.0.0.7:8080",)
+    assert route.token_hashes == {hash_token("new"), hash_token("old")}
+    kube.apply_event(table, TargetKind.SANDBOX, "DELETED", sandbox("s1-x"))
+    route = table.resolve(TargetKey(TargetKind.SESSION, "ns", "s1"))
+    assert route is not None
+    assert not route.forwardable
+
+
+def test_not_ready_unless_the_ready_condition_is_true() -> None:
+    view = kube.backend_view(
+        sandbox("b", phase="Waking", conditions=[{"type": "Ready", "status": "False"}])
+    )
+    assert (view.phase, view.ready) == ("Waking", False)
+
+
+def test_lease_name_and_renewal_patch() -> None:
+    key = TargetKey(TargetKind.SESSION, "ns", "s1")
+    assert kube.lease_name(key) == "kocoon-activity-agentsession-s1"
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5, 600000, datetime.UTC)
+    patch = kube.renewal_patch(ActivitySnapshot(2, now.timestamp() - 1), "router-0", now, 5.0)
+    assert patch["spec"] == {
+        "holderIdentity": "router-0",
+        "renewTime": "2026-01-02T03:04:05.600000Z",
+        "leaseDurationSeconds": 15,
+    }
+    annotations = patch["metadata"]["annotations"]
+    assert annotations[kube.LAST_REQUEST_ANNOTATION] == "2026-01-02T03:04:04.600000Z"
+    assert annotations[kube.IN_FLIGHT_ANNOTATION] == "2"
+
+
+def test_wake_is_needed_only_when_not_already_requested() -> None:
+    key = TargetKey(TargetKind.SANDBOX, "ns", "b")
+    assert kube.wake_needed(None)
+    lease = kube.new_lease(key)
+    assert kube.wake_needed(lease)
+    lease["metadata"]["annotations"][kube.WAKE_REQUESTED_ANNOTATION] = "2026-01-01T00:00:00Z"
+    assert not kube.wake_needed(lease)
+    assert lease["metadata"]["labels"] == {
+        kube.TARGET_KIND_LABEL: "sandbox",
+        kube.TARGET_NAME_LABEL: "b",
+    }
