@@ -1,0 +1,1 @@
+"""Checkpoint drivers: one module per mechanism, one interface (`base.Driver`)."""
