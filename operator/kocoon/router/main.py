@@ -189,8 +189,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--queue-per-target", type=int, default=DEFAULT_QUEUE_PER_TARGET)
     p.add_argument("--queue-total", type=int, default=DEFAULT_QUEUE_TOTAL)
     p.add_argument("--sse-heartbeat", type=float, default=DEFAULT_SSE_HEARTBEAT_SECONDS)
-    p.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop",
-                   help="uvloop measured faster (docs/router.md)")  # fmt: skip
+    p.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
+                   help="uvloop, if installed, measured no faster (docs/router.md)")  # fmt: skip
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -259,7 +259,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     loop_factory = None
     if args.event_loop == "uvloop":
-        import uvloop
+        try:
+            import uvloop
+        except ImportError as error:
+            raise SystemExit("--event-loop uvloop: install uvloop, or use asyncio") from error
 
         loop_factory = uvloop.new_event_loop
     with (
