@@ -59,6 +59,7 @@ class AgentHandle:
 
 
 def credentials(root: Path) -> tuple[Path, Path, Path, str, ssl.SSLContext]:
+    root.mkdir(parents=True, exist_ok=True)
     cert, key, token_file = root / "tls.crt", root / "tls.key", root / "token"
     tls.write_self_signed(cert, key, ["localhost", "127.0.0.1"])
     token = secrets.token_urlsafe(24)
@@ -92,7 +93,9 @@ async def in_process_agent(
 
 
 @asynccontextmanager
-async def agent_process(root: Path, scratch: Path | None = None) -> AsyncIterator[AgentHandle]:
+async def agent_process(
+    root: Path, scratch: Path | None = None, extra_args: list[str] | None = None
+) -> AsyncIterator[AgentHandle]:
     """`kocoon agent` as its own process, the way the DaemonSet runs it."""
     cert, key, token_file, token, client_ssl = credentials(root)
     port = free_port()
@@ -118,6 +121,7 @@ async def agent_process(root: Path, scratch: Path | None = None) -> AsyncIterato
     ]
     if scratch is not None:
         argv += ["--scratch-dir", str(scratch)]
+    argv += extra_args or []
     log = (root / "agent.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
