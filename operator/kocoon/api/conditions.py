@@ -1,0 +1,95 @@
+"""Every condition type, reason and phase used in status, in one place.
+
+Reasons are CamelCase (as `metav1.Condition` requires) and say why a condition has its status.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ConditionType(StrEnum):
+    """Condition types across Sandbox, AgentSession and ModelDeployment."""
+
+    READY = "Ready"
+    HIBERNATED = "Hibernated"
+    CHECKPOINT_AVAILABLE = "CheckpointAvailable"
+    POD_SCHEDULED = "PodScheduled"
+    MODEL_CACHED = "ModelCached"
+    EXPIRED = "Expired"
+
+
+class Reason(StrEnum):
+    """Reasons for conditions; each names the state it explains."""
+
+    # Ready
+    POD_READY = "PodReady"
+    POD_NOT_READY = "PodNotReady"
+    POD_PENDING = "PodPending"
+    SANDBOX_HIBERNATED = "SandboxHibernated"
+    SANDBOX_WAKING = "SandboxWaking"
+    SANDBOX_EXPIRED = "SandboxExpired"
+    RECONCILER_ERROR = "ReconcilerError"
+    REPLICAS_READY = "ReplicasReady"
+    SCALED_TO_ZERO = "ScaledToZero"
+    # Hibernated
+    IDLE_TIMEOUT = "IdleTimeout"
+    REQUESTED_BY_USER = "RequestedByUser"
+    NOT_HIBERNATED = "NotHibernated"
+    HIBERNATION_DISABLED = "HibernationDisabled"
+    # CheckpointAvailable
+    CHECKPOINT_STORED = "CheckpointStored"
+    CHECKPOINT_FAILED = "CheckpointFailed"
+    CHECKPOINT_EXPIRED = "CheckpointExpired"
+    NO_CHECKPOINT = "NoCheckpoint"
+    RESTORE_FAILED = "RestoreFailed"
+    WOKE_COLD = "WokeCold"
+    # PodScheduled
+    POD_SCHEDULED = "PodScheduled"
+    UNSCHEDULABLE = "Unschedulable"
+    # ModelCached
+    MODEL_DOWNLOADED = "ModelDownloaded"
+    MODEL_DOWNLOADING = "ModelDownloading"
+    MODEL_DOWNLOAD_FAILED = "ModelDownloadFailed"
+    # Expired
+    SHUTDOWN_TIME_REACHED = "ShutdownTimeReached"
+    MAX_LIFETIME_REACHED = "MaxLifetimeReached"
+
+
+class SandboxPhase(StrEnum):
+    """Where a Sandbox is in its life; conditions carry the detail."""
+
+    PENDING = "Pending"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    HIBERNATING = "Hibernating"
+    HIBERNATED = "Hibernated"
+    WAKING = "Waking"
+    EXPIRED = "Expired"
+    FAILED = "Failed"
+    TERMINATING = "Terminating"
+
+
+class SessionPhase(StrEnum):
+    """Where an AgentSession is in its life (mirrors its Sandbox, plus Expired)."""
+
+    PENDING = "Pending"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    HIBERNATING = "Hibernating"
+    HIBERNATED = "Hibernated"
+    WAKING = "Waking"
+    EXPIRED = "Expired"
+    FAILED = "Failed"
+    TERMINATING = "Terminating"
+
+
+class ModelPhase(StrEnum):
+    """Where a ModelDeployment is: serving, scaled to zero, or on the way."""
+
+    PENDING = "Pending"
+    LOADING = "Loading"
+    READY = "Ready"
+    SCALED_TO_ZERO = "ScaledToZero"
+    WAKING = "Waking"
+    FAILED = "Failed"

@@ -1,0 +1,131 @@
+"""Operator and cluster configuration: what the cluster offers and the defaults that follow.
+
+Loaded from a YAML file (`KOCOON_CONFIG`, or `--config`) and overridden by environment
+variables `KOCOON_<FIELD>` (JSON for lists and maps, e.g. `KOCOON_GPU_MODES='["mig"]'`). The
+defaults fit the local development cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from kocoon.api.common import DnsSubdomain, GpuMode, PositiveQuantity
+
+CONFIG_ENV = "KOCOON_CONFIG"
+ENV_PREFIX = "KOCOON_"
+
+
+class NamespaceLimits(BaseModel):
+    """Upper bounds for the objects of one namespace, checked at admission."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    max_sandboxes: Annotated[int, Field(ge=0)] | None = None
+    """Most Sandboxes the namespace may hold."""
+    max_sessions: Annotated[int, Field(ge=0)] | None = None
+    """Most AgentSessions the namespace may hold."""
+    max_gpus_per_object: Annotated[int, Field(ge=0)] | None = None
+    """Largest `gpu.count` a single object may request."""
+    max_workspace_size: PositiveQuantity | None = None
+    """Largest workspace a Sandbox may request."""
+    allowed_runtime_classes: list[DnsSubdomain] | None = None
+    """Runtime classes the namespace may use; every configured one when unset."""
+
+
+class OperatorConfig(BaseModel):
+    """Everything the operator needs to know about the cluster it runs in."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        frozen=True,
+    )
+
+    default_runtime_class: DnsSubdomain = "kata"
+    """RuntimeClass given to Sandboxes and ModelDeployments that name none."""
+    default_gpu_runtime_class: DnsSubdomain | None = "kata-qemu-nvidia-gpu"
+    """RuntimeClass for objects with a GPU that name none; defaultRuntimeClass when unset."""
+    runtime_classes: list[DnsSubdomain] = ["kata", "kata-qemu-nvidia-gpu", "runc"]
+    """RuntimeClasses that exist in the cluster and may be used."""
+    memory_checkpoint_runtime_classes: list[DnsSubdomain] = ["runc"]
+    """RuntimeClasses whose pods can be checkpointed with their memory (CRIU under runc/crun)."""
+    vm_snapshot_runtime_classes: list[DnsSubdomain] = []
+    """VM-based RuntimeClasses (Kata) with a VM-snapshot driver, so memory hibernation works."""
+    gpu_memory_checkpoint_runtime_classes: list[DnsSubdomain] = []
+    """RuntimeClasses where a whole GPU can be checkpointed with memory (CRIU's CUDA plugin and
+    cuda-checkpoint on runc). Empty: memory hibernation with a GPU is refused."""
+    gpu_modes: list[GpuMode] = ["wholeGPU", "mig", "timeSliced", "dra"]
+    """GPU slice modes the cluster offers."""
+    mig_profiles: list[str] = []
+    """MIG profiles the cluster offers (e.g. `1g.10gb`); any profile when empty."""
+    namespace_limits: dict[str, NamespaceLimits] = {}
+    """Per-namespace limits; the key `*` applies to namespaces not listed."""
+    router_domain: str = "kocoon.localhost"
+    """Domain under which the router serves sessions and models."""
+    pod_hardening: bool = True
+    """Apply the hardened pod security context to every sandbox (non-root, no privilege
+    escalation, all capabilities dropped, seccomp RuntimeDefault)."""
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> OperatorConfig:
+        if self.default_runtime_class not in self.runtime_classes:
+            raise ValueError(
+                f"defaultRuntimeClass {self.default_runtime_class!r} is not in runtimeClasses"
+                f" {self.runtime_classes}: add it there or pick one of them"
+            )
+        gpu_default = self.default_gpu_runtime_class
+        if gpu_default is not None and gpu_default not in self.runtime_classes:
+            raise ValueError(
+                f"defaultGpuRuntimeClass {gpu_default!r} is not in runtimeClasses"
+                f" {self.runtime_classes}: add it there or pick one of them"
+            )
+        return self
+
+    def default_runtime_class_for(self, with_gpu: bool) -> str:
+        """The runtime class an object gets when it names none."""
+        if with_gpu and self.default_gpu_runtime_class is not None:
+            return self.default_gpu_runtime_class
+        return self.default_runtime_class
+
+    def can_checkpoint_memory(self, runtime_class: str) -> bool:
+        """Whether pods of this runtime class can hibernate with their memory."""
+        return (
+            runtime_class in self.memory_checkpoint_runtime_classes
+            or runtime_class in self.vm_snapshot_runtime_classes
+        )
+
+    def limits_for(self, namespace: str) -> NamespaceLimits | None:
+        return self.namespace_limits.get(namespace, self.namespace_limits.get("*"))
+
+
+def load_config(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> OperatorConfig:
+    """The configuration from `path` (or `$KOCOON_CONFIG`), with `KOCOON_<FIELD>` overrides."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = path or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    if source is not None:
+        loaded = yaml.safe_load(source.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{source}: the configuration must be a YAML mapping")
+        data.update(loaded)
+    for name in OperatorConfig.model_fields:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        try:
+            data[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            data[name] = raw  # a plain string such as KOCOON_DEFAULT_RUNTIME_CLASS=runc
+    return OperatorConfig.model_validate(data)
