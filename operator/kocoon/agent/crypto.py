@@ -57,12 +57,17 @@ def _nonce(index: int, final: bool) -> bytes:
 
 
 class ChunkEncryptor:
-    """Seals a stream chunk by chunk; the caller feeds plaintext, the sink receives records."""
+    """Seals a stream chunk by chunk; the caller feeds plaintext, the sink receives records.
+
+    The sink gets a view of a reused buffer, valid only during the call: it must write (or
+    copy) the record before returning. Reusing the buffers keeps the cost near AES-GCM's own;
+    allocating fresh memory per chunk costs more than the cipher.
+    """
 
     def __init__(
         self,
         data_key: bytes,
-        sink: Callable[[bytes], object],
+        sink: Callable[[memoryview], object],
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
@@ -72,13 +77,14 @@ class ChunkEncryptor:
         self._aead = _archive_key(data_key, salt)
         self._sink = sink
         self._chunk = chunk_bytes
+        self._sealed = bytearray(chunk_bytes + TAG_BYTES)
         # One reused buffer: fresh allocations per chunk cost more than AES-GCM itself.
         self._buffer = bytearray(chunk_bytes)
         self._filled = 0
         self._index = 0
         self._closed = False
         self.plaintext_bytes = 0
-        sink(self._header)
+        sink(memoryview(self._header))
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._closed:
@@ -109,7 +115,9 @@ class ChunkEncryptor:
             self._closed = True
 
     def _seal(self, chunk: memoryview, *, final: bool) -> None:
-        self._sink(self._aead.encrypt(_nonce(self._index, final), chunk, self._header))
+        out = memoryview(self._sealed)[: len(chunk) + TAG_BYTES]
+        self._aead.encrypt_into(_nonce(self._index, final), chunk, self._header, out)
+        self._sink(out)
         self._index += 1
 
 

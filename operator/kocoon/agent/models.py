@@ -11,7 +11,9 @@ from pydantic.alias_generators import to_camel
 # RFC 1123 label (namespace) and subdomain (object name), as Kubernetes validates them.
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-CHECKPOINT_ID_PATTERN = r"^ckpt-[0-9]{8}t[0-9]{6}z-[0-9a-f]{8}$"
+# Ids the agent makes (`ckpt-<utc time>-<random>`) or the caller chooses (a DNS label), so a
+# caller that retries after a crash names the same checkpoint and gets it back.
+CHECKPOINT_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 # Container ids as runc accepts them; also keeps them safe as path components.
 _CONTAINER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -48,6 +50,9 @@ class Compatibility(ApiModel):
 class CheckpointRequest(ApiModel):
     sandbox: SandboxRef
     driver: str
+    # Optional id chosen by the caller: asking again with an id that is already stored
+    # returns that checkpoint instead of taking another (retries are safe).
+    id: Annotated[str | None, Field(pattern=CHECKPOINT_ID_PATTERN)] = None
     container_id: Annotated[str | None, Field(pattern=_CONTAINER_ID)] = None
     pid: Annotated[int | None, Field(gt=1)] = None
     pod: Annotated[str | None, Field(pattern=_DNS_SUBDOMAIN)] = None

@@ -27,7 +27,9 @@ from kocoon.agent.errors import (
     DriverUnavailable,
     DriverUnknown,
     Incompatible,
+    InvalidRequest,
     KeyMissing,
+    NotFound,
 )
 from kocoon.agent.keys import KeyProvider
 from kocoon.agent.models import (
@@ -135,9 +137,13 @@ class CheckpointService:
         if lock.locked():
             raise Busy(f"sandbox {request.sandbox} has a checkpoint or restore in progress")
         async with lock:
+            if request.id is not None:
+                existing = self._existing(request.id, request.sandbox)
+                if existing is not None:
+                    return existing
             started = time.perf_counter()
             now = datetime.now(UTC)
-            checkpoint_id = new_checkpoint_id(now)
+            checkpoint_id = request.id or new_checkpoint_id(now)
             fields = {
                 "sandbox": str(request.sandbox),
                 "driver": driver.name,
@@ -219,6 +225,19 @@ class CheckpointService:
                 },
             )
             return record
+
+    def _existing(self, checkpoint_id: str, sandbox: SandboxRef) -> CheckpointRecord | None:
+        """The stored checkpoint with this id, if any; an id of another sandbox is refused."""
+        try:
+            record = self.store.get(checkpoint_id)
+        except NotFound:
+            # Leftovers of an interrupted attempt with this id: start it over cleanly.
+            self.store.abort(checkpoint_id)
+            shutil.rmtree(self.config.scratch_dir / checkpoint_id, ignore_errors=True)
+            return None
+        if record.sandbox != sandbox:
+            raise InvalidRequest(f"id: checkpoint {checkpoint_id} belongs to {record.sandbox}")
+        return record
 
     async def restore(self, checkpoint_id: str, request: RestoreRequest) -> RestoreResult:
         record = self.store.get(checkpoint_id)

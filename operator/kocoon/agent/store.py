@@ -18,10 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import shutil
 import tarfile
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,37 +47,26 @@ class ArchiveInfo:
 
 
 class _HashingWriter:
-    """Writes records to a file and hashes them in a background thread."""
+    """Writes records to a file and hashes them; the hash runs in a second thread, in parallel
+    with the write (both release the GIL), and both finish before the record's buffer is reused.
+    """
 
     def __init__(self, file: BinaryIO) -> None:
         self._file = file
         self._hash = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(_QUEUE_DEPTH)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._drain, name="archive-writer", daemon=True)
-        self._thread.start()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-hash")
         self.size = 0
 
-    def _drain(self) -> None:
-        while (data := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._file.write(data)
-                    self._hash.update(data)
-                except BaseException as exc:
-                    self._error = exc
-
-    def __call__(self, data: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self.size += len(data)
-        self._queue.put(data)
+    def __call__(self, record: memoryview) -> None:
+        hashed = self._pool.submit(self._hash.update, record)
+        try:
+            self._file.write(record)
+        finally:
+            hashed.result()
+        self.size += len(record)
 
     def finish(self) -> str:
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
+        self._pool.shutdown(wait=True)
         return self._hash.hexdigest()
 
 
