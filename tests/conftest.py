@@ -7,9 +7,15 @@ Set KOCOON_TEST_CLUSTER=<name> to reuse a cluster already started with `kocoon d
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 
 from kocoon.devcluster import Cluster, ClusterState, binaries, down, up
 
@@ -35,3 +41,109 @@ def cluster() -> Iterator[Cluster]:
         yield handle
     finally:
         down(name)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+OPERATOR_NAMESPACE = "kocoon-system"
+
+
+def install_crds(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
+
+
+def operator_kubeconfig(cluster: Cluster, directory: Path) -> Path:
+    """Install the chart's RBAC for the operator and return a kubeconfig for its account.
+
+    The operator then runs with exactly the permissions the chart grants, so a missing rule
+    fails the tests instead of hiding behind an admin identity.
+    """
+    rendered = subprocess.run(
+        [
+            str(binaries.find("helm")),
+            "template",
+            "kocoon",
+            str(ROOT / "charts" / "kocoon"),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--show-only",
+            "templates/operator.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rbac = [
+        doc
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    ]
+    cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
+    cluster.apply(*rbac)
+    return cluster.service_account_kubeconfig(
+        OPERATOR_NAMESPACE, "kocoon-operator", directory / "operator.kubeconfig"
+    )
+
+
+@dataclass
+class OperatorProcess:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_operator(
+    cluster: Cluster, directory: Path, env: dict[str, str] | None = None
+) -> OperatorProcess:
+    kubeconfig = operator_kubeconfig(cluster, directory)
+    log = directory / f"operator-{time.monotonic_ns()}.log"
+    environment = {
+        **os.environ,
+        "KOCOON_RECONCILE_INTERVAL": "1",
+        "KOCOON_NAMESPACE": OPERATOR_NAMESPACE,
+        **(env or {}),
+    }
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kocoon.cli",
+                "operator",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--log-format",
+                "json",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+    return OperatorProcess(process, log)
+
+
+def stop_operator(operator: OperatorProcess) -> None:
+    operator.process.terminate()
+    try:
+        operator.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        operator.process.kill()
+        operator.process.wait()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator, run as a process with the chart's RBAC against the local cluster."""
+    install_crds(cluster)
+    running = start_operator(cluster, tmp_path_factory.mktemp("operator"))
+    try:
+        yield running
+    finally:
+        stop_operator(running)
+        problems = [line for line in running.output().splitlines() if '"level": "error"' in line]
+        if problems:
+            print("operator errors:\n" + "\n".join(problems[:20]))

@@ -27,6 +27,18 @@ log = logging.getLogger("kocoon.devcluster")
 DEFAULT_NAME = "dev"
 ADMIN_USER = "kocoon-admin"
 SERVICE_CIDR = "10.96.0.0/16"
+# The default StorageClass of the local cluster; kwok provisions its volumes (kwok-stages.yaml).
+STORAGE_CLASS = {
+    "apiVersion": "storage.k8s.io/v1",
+    "kind": "StorageClass",
+    "metadata": {
+        "name": "kocoon-local",
+        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+    },
+    "provisioner": "kocoon.io/local",
+    "reclaimPolicy": "Delete",
+    "volumeBindingMode": "Immediate",
+}
 # Order matters for start-up and reverse order for shutdown.
 COMPONENT_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -414,7 +426,8 @@ def _start_all(
     state.nodes = [spec.name for spec in nodes_spec]
 
     stages = resources.files("kocoon.devcluster").joinpath("kwok-stages.yaml").read_text()
-    kwok_config = _write(d / "kwok.yaml", stages)
+    kwok_config = _write(d / "kwok.yaml", stages.replace("@VOLUME_ROOT@", str(d / "volumes")))
+    cluster.apply(STORAGE_CLASS)
     starter.start(
         "kwok",
         [

@@ -1,0 +1,135 @@
+"""Sandbox → Pod: the isolated, hardened runtime."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kocoon.api.sandbox import SandboxSpec
+from kocoon.builders import gpu, names
+from kocoon.builders.context import BuildSettings, Identity
+
+
+def runtime_class(spec: SandboxSpec, settings: BuildSettings) -> str:
+    return spec.runtime_class_name or settings.default_runtime_class
+
+
+def _container(spec: SandboxSpec, settings: BuildSettings) -> dict[str, Any]:
+    template = spec.template
+    container: dict[str, Any] = {
+        "name": names.CONTAINER_NAME,
+        "image": template.image,
+        # Untrusted, model-generated code runs here: no privilege of any kind.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if template.image_pull_policy:
+        container["imagePullPolicy"] = template.image_pull_policy
+    if template.command:
+        container["command"] = list(template.command)
+    if template.args:
+        container["args"] = list(template.args)
+    if template.working_dir:
+        container["workingDir"] = template.working_dir
+    if template.env:
+        container["env"] = [env.to_wire() for env in template.env]
+    if template.ports:
+        container["ports"] = [port.to_wire() for port in template.ports]
+    resources: dict[str, Any] = template.resources.to_wire() if template.resources else {}
+    limits = gpu.extended_resources(spec.gpu, settings)
+    if limits:
+        resources["limits"] = {**resources.get("limits", {}), **limits}
+    if spec.gpu is not None and spec.gpu.mode == "dra":
+        resources["claims"] = [{"name": gpu.DRA_CLAIM_NAME}]
+    if resources:
+        container["resources"] = resources
+    if spec.workspace is not None:
+        container["volumeMounts"] = [
+            {"name": names.WORKSPACE_VOLUME, "mountPath": spec.workspace.mount_path}
+        ]
+    return container
+
+
+def pod(
+    owner: Identity,
+    spec: SandboxSpec,
+    settings: BuildSettings,
+    *,
+    restore_from: str | None = None,
+    node_name: str | None = None,
+) -> dict[str, Any]:
+    """The sandbox's pod; `restore_from` names a checkpoint to restore, `node_name` pins it."""
+    template = spec.template
+    metadata_labels = dict(template.metadata.labels or {}) if template.metadata else {}
+    metadata_annotations = dict(template.metadata.annotations or {}) if template.metadata else {}
+    metadata_labels.update(names.labels(owner.name, "sandbox"))
+    if restore_from:
+        metadata_annotations[names.RESTORE_FROM_ANNOTATION] = restore_from
+    pod_spec: dict[str, Any] = {
+        "runtimeClassName": runtime_class(spec, settings),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "hostname": names.pod_name(owner.name),
+        "subdomain": names.service_name(owner.name),
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": 10,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            "fsGroup": settings.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(spec, settings)],
+    }
+    if spec.workspace is not None:
+        pod_spec["volumes"] = [
+            {
+                "name": names.WORKSPACE_VOLUME,
+                "persistentVolumeClaim": {"claimName": names.workspace_claim_name(owner.name)},
+            }
+        ]
+    if spec.gpu is not None and spec.gpu.mode == "dra":
+        pod_spec["resourceClaims"] = [
+            {
+                "name": gpu.DRA_CLAIM_NAME,
+                "resourceClaimTemplateName": names.gpu_claim_template_name(owner.name),
+            }
+        ]
+    if template.node_selector:
+        pod_spec["nodeSelector"] = dict(template.node_selector)
+    if template.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in template.tolerations]
+    if template.priority_class_name:
+        pod_spec["priorityClassName"] = template.priority_class_name
+    if node_name:
+        # The checkpoint lives on that node: ask for it, but let the scheduler decide.
+        pod_spec["affinity"] = {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "preference": {
+                            "matchFields": [
+                                {"key": "metadata.name", "operator": "In", "values": [node_name]}
+                            ]
+                        },
+                    }
+                ]
+            }
+        }
+    metadata: dict[str, Any] = {
+        "name": names.pod_name(owner.name),
+        "namespace": owner.namespace,
+        "labels": metadata_labels,
+        "ownerReferences": [
+            names.owner_reference(owner.kind, owner.name, owner.uid, owner.api_version)
+        ],
+    }
+    if metadata_annotations:
+        metadata["annotations"] = metadata_annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}

@@ -1,0 +1,168 @@
+"""The operator's side of hibernation: ask the node agent to checkpoint, restore and release.
+
+The agent on the pod's node does the work; this client finds it, authenticates, and turns
+its answers into typed results. Where no agent serves a node, or its driver cannot work
+there, the error says so and the controller falls back (filesystem hibernation, cold wake):
+nothing pretends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+
+from kocoon.agent.models import CheckpointRecord, CheckpointRequest, RestoreRequest, SandboxRef
+from kocoon.api.sandbox import Checkpoint, CheckpointCompatibility
+
+AGENT_ENDPOINTS_ENV = "KOCOON_AGENT_ENDPOINTS"  # JSON: {"<node>" or "*": "https://host:port"}
+AGENT_TOKEN_FILE_ENV = "KOCOON_AGENT_TOKEN_FILE"
+AGENT_CA_FILE_ENV = "KOCOON_AGENT_CA_FILE"
+DEFAULT_DRIVER_ENV = "KOCOON_CHECKPOINT_DRIVER"
+TIMEOUT = aiohttp.ClientTimeout(total=600, connect=10)
+
+
+class CheckpointUnavailable(Exception):
+    """Memory hibernation cannot work here (no agent, driver unsupported); fall back."""
+
+
+class CheckpointFailed(Exception):
+    """The agent tried and failed; the message carries its reason."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The container to checkpoint or restore into."""
+
+    namespace: str
+    sandbox: str
+    pod: str
+    node: str
+    container_id: str | None
+    pod_ip: str | None
+
+
+class Checkpointer(Protocol):
+    async def checkpoint(self, target: Target, checkpoint_id: str) -> Checkpoint: ...
+
+    async def restore(self, target: Target, checkpoint: Checkpoint) -> None: ...
+
+    async def release(self, namespace: str, checkpoint: Checkpoint) -> None: ...
+
+
+def _record_to_status(record: CheckpointRecord) -> Checkpoint:
+    compat = record.compatibility
+    return Checkpoint(
+        id=record.id,
+        node=record.node,
+        driver=record.driver,
+        size_bytes=record.size_bytes,
+        created=record.created,
+        compatibility=CheckpointCompatibility(
+            architecture=compat.architecture,
+            kernel=compat.kernel_release,
+            criu_version=compat.criu_version,
+            runtime=compat.runtime,
+            image_digest=compat.image_digest,
+            gpu_model=compat.gpu_model,
+            driver_version=compat.gpu_driver,
+        ),
+    )
+
+
+class AgentCheckpointer:
+    """Talks to `kocoon agent` over HTTPS with the operator's bearer token."""
+
+    def __init__(
+        self,
+        endpoints: dict[str, str],
+        token: str,
+        ca_file: str | None,
+        driver: str = "runc",
+    ) -> None:
+        self.endpoints = endpoints
+        self.token = token
+        self.driver = driver
+        self.ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
+
+    @classmethod
+    def from_environment(cls) -> AgentCheckpointer:
+        endpoints = json.loads(os.environ.get(AGENT_ENDPOINTS_ENV, "{}"))
+        token_file = os.environ.get(AGENT_TOKEN_FILE_ENV)
+        token = Path(token_file).read_text().strip() if token_file else ""
+        return cls(
+            endpoints,
+            token,
+            os.environ.get(AGENT_CA_FILE_ENV),
+            os.environ.get(DEFAULT_DRIVER_ENV, "runc"),
+        )
+
+    def endpoint(self, node: str | None) -> str:
+        url = self.endpoints.get(node or "", self.endpoints.get("*"))
+        if not url or not self.token:
+            raise CheckpointUnavailable(f"no Kocoon agent serves node {node}")
+        return url.rstrip("/")
+
+    async def _call(
+        self, node: str | None, method: str, path: str, body: Any = None
+    ) -> dict[str, Any]:
+        url = self.endpoint(node) + path
+        headers = {"Authorization": f"Bearer {self.token}"}
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=TIMEOUT) as session,
+                session.request(method, url, json=body, headers=headers, ssl=self.ssl) as response,
+            ):
+                data: dict[str, Any] = await response.json(content_type=None) or {}
+                if response.status == 404 and method == "DELETE":
+                    return {}
+                if response.status in (400, 422) and data.get("reason") in {
+                    "DriverUnavailable",
+                    "DriverUnknown",
+                    "RestoreUnsupported",
+                    "TargetNotFound",
+                }:
+                    raise CheckpointUnavailable(f"{data.get('reason')}: {data.get('message')}")
+                if response.status >= 300:
+                    raise CheckpointFailed(
+                        f"agent on {node} answered {response.status} {data.get('reason')}:"
+                        f" {data.get('message')}"
+                    )
+                return data
+        except aiohttp.ClientError as error:
+            raise CheckpointFailed(f"agent on {node} unreachable at {url}: {error}") from error
+
+    async def checkpoint(self, target: Target, checkpoint_id: str) -> Checkpoint:
+        request = CheckpointRequest(
+            sandbox=SandboxRef(namespace=target.namespace, name=target.sandbox),
+            driver=self.driver,
+            container_id=target.container_id,
+            pod=target.pod,
+            id=checkpoint_id,
+        )
+        data = await self._call(
+            target.node,
+            "POST",
+            "/v1/checkpoints",
+            request.model_dump(by_alias=True, exclude_none=True),
+        )
+        return _record_to_status(CheckpointRecord.model_validate(data))
+
+    async def restore(self, target: Target, checkpoint: Checkpoint) -> None:
+        request = RestoreRequest(container_id=target.container_id)
+        await self._call(
+            checkpoint.node,
+            "POST",
+            f"/v1/checkpoints/{checkpoint.id}/restore",
+            request.model_dump(by_alias=True, exclude_none=True),
+        )
+
+    async def release(self, namespace: str, checkpoint: Checkpoint) -> None:
+        await self._call(checkpoint.node, "DELETE", f"/v1/checkpoints/{checkpoint.id}")

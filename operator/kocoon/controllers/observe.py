@@ -1,0 +1,70 @@
+"""Pure readers: API objects (plain dicts) → the views the life cycle decides on."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from kocoon.builders import names
+from kocoon.lifecycle import Activity, PodView
+
+# Set by the operator on a pod whose memory checkpoint failed (value: the reason).
+CHECKPOINT_FAILED_ANNOTATION = "kocoon.io/checkpoint-failed"
+
+
+def parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def pod_view(pod: dict[str, Any] | None) -> PodView | None:
+    if pod is None:
+        return None
+    metadata = pod.get("metadata", {})
+    status = pod.get("status", {})
+    annotations = metadata.get("annotations") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    ready = conditions.get("Ready", {}).get("status") == "True"
+    scheduled = conditions.get("PodScheduled", {})
+    unschedulable = None
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        unschedulable = str(scheduled.get("message") or "no node can run the pod")
+    return PodView(
+        uid=str(metadata.get("uid", "")),
+        phase=str(status.get("phase") or "Pending"),
+        ready=ready and status.get("phase") == "Running",
+        node=pod.get("spec", {}).get("nodeName"),
+        ip=status.get("podIP"),
+        deleting=metadata.get("deletionTimestamp") is not None,
+        unschedulable=unschedulable,
+        restore_from=annotations.get(names.RESTORE_FROM_ANNOTATION),
+        checkpoint_failed=CHECKPOINT_FAILED_ANNOTATION in annotations,
+    )
+
+
+def activity(lease: dict[str, Any] | None) -> Activity:
+    if lease is None:
+        return Activity()
+    annotations = lease.get("metadata", {}).get("annotations") or {}
+    try:
+        in_flight = max(0, int(annotations.get(names.IN_FLIGHT_ANNOTATION, "0")))
+    except ValueError:
+        in_flight = 0
+    last = parse_time(annotations.get(names.LAST_REQUEST_ANNOTATION))
+    renew = parse_time(lease.get("spec", {}).get("renewTime"))
+    return Activity(
+        last_request=last or renew,
+        in_flight=in_flight,
+        wake_requested_at=parse_time(annotations.get(names.WAKE_REQUESTED_ANNOTATION)),
+    )
+
+
+def container_id(pod: dict[str, Any] | None) -> str | None:
+    """The runtime's id of the sandbox container (without the `containerd://` scheme)."""
+    if pod is None:
+        return None
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == names.CONTAINER_NAME and status.get("containerID"):
+            return str(status["containerID"]).split("://", 1)[-1]
+    return None

@@ -1,0 +1,376 @@
+"""The Sandbox life cycle as a pure function: (spec, what is observed, now) → what to do next.
+
+Handlers gather the inputs and carry out the actions; every decision lives here, so the
+whole state machine is tested without a cluster. Each call returns at most one step that
+changes the world; the next reconcile sees its effect and takes the next step. That is what
+makes an operator restart at any point converge: the state is in the cluster, not in memory.
+
+    Pending → Starting → Running ─(idle, or operatingMode=Hibernated)→ Hibernating → Hibernated
+                 ▲                                                                  │
+                 └──────── Waking ◄─(wake request, or operatingMode≠Hibernated)─────┘
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from kocoon.api.conditions import ConditionType, Reason, SandboxPhase
+from kocoon.api.sandbox import Checkpoint, SandboxSpec
+
+# Requests seen this recently count as activity even with nothing in flight.
+ACTIVE_WINDOW = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the operator reads from the sandbox's pod."""
+
+    uid: str
+    phase: str
+    ready: bool
+    node: str | None = None
+    ip: str | None = None
+    deleting: bool = False
+    unschedulable: str | None = None
+    restore_from: str | None = None
+    # The operator marks a pod whose memory checkpoint failed, so hibernation goes on
+    # without memory instead of retrying forever.
+    checkpoint_failed: bool = False
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the router reported on the activity Lease."""
+
+    last_request: datetime | None = None
+    in_flight: int = 0
+    wake_requested_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    name: str
+    spec: SandboxSpec
+    generation: int
+    created: datetime
+    phase: SandboxPhase | None
+    checkpoint: Checkpoint | None
+    pod: PodView | None
+    activity: Activity
+    now: datetime
+    # Whether a memory checkpoint is possible for this sandbox's runtime class at all.
+    memory_checkpoint_supported: bool = True
+    # When the sandbox last became Running (the Ready condition's transition time).
+    running_since: datetime | None = None
+
+
+class Action(StrEnum):
+    CREATE_POD = "CreatePod"
+    CHECKPOINT = "Checkpoint"
+    DELETE_POD = "DeletePod"
+    RESTORE = "Restore"
+    RELEASE_CHECKPOINT = "ReleaseCheckpoint"
+    CLEAR_WAKE_REQUEST = "ClearWakeRequest"
+    DELETE_SANDBOX = "DeleteSandbox"
+
+
+@dataclass(frozen=True)
+class ConditionUpdate:
+    type: ConditionType
+    status: bool
+    reason: Reason
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Decision:
+    phase: SandboxPhase
+    actions: tuple[Action, ...] = ()
+    conditions: tuple[ConditionUpdate, ...] = ()
+    # Why the phase changed, for the Event and the log; empty when it did not.
+    reason: Reason | None = None
+    message: str = ""
+    # Ask to be called again this soon even if nothing changes (idle deadlines, polling).
+    requeue_after: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def checkpoint_id(sandbox: str, pod_uid: str) -> str:
+    """One checkpoint per pod incarnation: asking twice (after a restart) names the same one."""
+    return f"{sandbox}-{pod_uid.replace('-', '')[:12]}"
+
+
+def hibernation_mode(spec: SandboxSpec, memory_supported: bool) -> str:
+    if spec.hibernation is not None:
+        return spec.hibernation
+    return "memory" if memory_supported else "filesystem"
+
+
+def last_activity(observed: Observed) -> datetime:
+    """The most recent sign of use: a request, or the moment the sandbox came up."""
+    candidates = [observed.created]
+    if observed.activity.last_request is not None:
+        candidates.append(observed.activity.last_request)
+    if observed.running_since is not None:
+        candidates.append(observed.running_since)
+    return max(candidates)
+
+
+def is_active(observed: Observed) -> bool:
+    activity = observed.activity
+    if activity.in_flight > 0:
+        return True
+    return (
+        activity.last_request is not None and observed.now - activity.last_request < ACTIVE_WINDOW
+    )
+
+
+def idle_deadline(observed: Observed) -> datetime | None:
+    """When the sandbox becomes idle enough to hibernate, or None if it never does."""
+    spec = observed.spec
+    if spec.operating_mode != "Auto" or spec.idle_timeout is None:
+        return None
+    if hibernation_mode(spec, observed.memory_checkpoint_supported) == "none":
+        return None
+    return last_activity(observed) + spec.idle_timeout
+
+
+def wake_requested(observed: Observed) -> bool:
+    return observed.activity.wake_requested_at is not None
+
+
+def wants_asleep(observed: Observed) -> tuple[bool, Reason | None]:
+    spec = observed.spec
+    if spec.operating_mode == "Hibernated":
+        return True, Reason.REQUESTED_BY_USER
+    if spec.operating_mode == "Running":
+        return False, None
+    deadline = idle_deadline(observed)
+    if deadline is None or observed.activity.in_flight > 0:
+        return False, None
+    return observed.now >= deadline, Reason.IDLE_TIMEOUT
+
+
+def _expired(observed: Observed) -> bool:
+    shutdown = observed.spec.shutdown_time
+    return shutdown is not None and observed.now >= shutdown
+
+
+def decide(observed: Observed) -> Decision:
+    if _expired(observed):
+        return _expire(observed)
+    phase = observed.phase or SandboxPhase.PENDING
+    if phase in (SandboxPhase.HIBERNATING,):
+        return _continue_hibernating(observed)
+    if phase is SandboxPhase.HIBERNATED:
+        return _hibernated(observed)
+    if phase is SandboxPhase.WAKING:
+        return _waking(observed)
+    return _awake(observed, phase)
+
+
+def _seconds_until(observed: Observed, moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    return max(0.5, (moment - observed.now).total_seconds())
+
+
+def _expire(observed: Observed) -> Decision:
+    actions: list[Action] = []
+    if observed.pod is not None and not observed.pod.deleting:
+        actions.append(Action.DELETE_POD)
+    if observed.checkpoint is not None:
+        actions.append(Action.RELEASE_CHECKPOINT)
+    if observed.spec.shutdown_policy == "Delete":
+        actions.append(Action.DELETE_SANDBOX)
+    expired = ConditionUpdate(
+        ConditionType.EXPIRED,
+        True,
+        Reason.SHUTDOWN_TIME_REACHED,
+        f"shutdownTime {observed.spec.shutdown_time} reached;"
+        f" policy {observed.spec.shutdown_policy}",
+    )
+    ready = ConditionUpdate(
+        ConditionType.READY, False, Reason.SANDBOX_EXPIRED, "the sandbox expired"
+    )
+    return Decision(
+        SandboxPhase.EXPIRED,
+        tuple(actions),
+        (expired, ready),
+        reason=Reason.SHUTDOWN_TIME_REACHED if observed.phase is not SandboxPhase.EXPIRED else None,
+        message="shutdownTime reached",
+    )
+
+
+def _awake(observed: Observed, phase: SandboxPhase) -> Decision:
+    """Pending, Starting, Running (and Failed, which retries): keep a pod up, or hibernate."""
+    pod = observed.pod
+    asleep, why = wants_asleep(observed)
+    clear = (Action.CLEAR_WAKE_REQUEST,) if wake_requested(observed) else ()
+    if asleep and why is not None:
+        return Decision(
+            SandboxPhase.HIBERNATING,
+            clear,
+            (_hibernated_condition(False, Reason.NOT_HIBERNATED),),
+            reason=why,
+            message=_hibernate_message(observed, why),
+        )
+    if pod is None or pod.deleting:
+        actions = () if pod is not None else (Action.CREATE_POD,)
+        return Decision(
+            SandboxPhase.STARTING
+            if phase is not SandboxPhase.PENDING or pod
+            else SandboxPhase.PENDING,
+            actions + clear,
+            (ConditionUpdate(ConditionType.READY, False, Reason.POD_PENDING, "creating the pod"),),
+            reason=None,
+            requeue_after=2.0 if pod is not None else None,
+        )
+    if pod.unschedulable:
+        return Decision(
+            SandboxPhase.PENDING,
+            clear,
+            (
+                ConditionUpdate(
+                    ConditionType.POD_SCHEDULED, False, Reason.UNSCHEDULABLE, pod.unschedulable
+                ),
+                ConditionUpdate(ConditionType.READY, False, Reason.POD_PENDING, pod.unschedulable),
+            ),
+            reason=Reason.UNSCHEDULABLE if phase is not SandboxPhase.PENDING else None,
+            message=pod.unschedulable,
+        )
+    if not pod.ready:
+        return Decision(
+            SandboxPhase.STARTING,
+            clear,
+            (
+                ConditionUpdate(ConditionType.POD_SCHEDULED, True, Reason.POD_SCHEDULED, ""),
+                ConditionUpdate(
+                    ConditionType.READY, False, Reason.POD_NOT_READY, f"pod is {pod.phase}"
+                ),
+            ),
+        )
+    deadline = idle_deadline(observed)
+    return Decision(
+        SandboxPhase.RUNNING,
+        clear,
+        (
+            ConditionUpdate(ConditionType.POD_SCHEDULED, True, Reason.POD_SCHEDULED, ""),
+            ConditionUpdate(ConditionType.READY, True, Reason.POD_READY, ""),
+            _hibernated_condition(False, Reason.NOT_HIBERNATED),
+        ),
+        reason=Reason.POD_READY if phase is not SandboxPhase.RUNNING else None,
+        message=f"running on {pod.node}",
+        requeue_after=_seconds_until(observed, deadline),
+    )
+
+
+def _hibernate_message(observed: Observed, why: Reason) -> str:
+    mode = hibernation_mode(observed.spec, observed.memory_checkpoint_supported)
+    if why is Reason.IDLE_TIMEOUT:
+        return f"idle for {observed.spec.idle_timeout}; hibernating ({mode})"
+    return f"operatingMode is Hibernated; hibernating ({mode})"
+
+
+def _hibernated_condition(hibernated: bool, reason: Reason, message: str = "") -> ConditionUpdate:
+    return ConditionUpdate(ConditionType.HIBERNATED, hibernated, reason, message)
+
+
+def _continue_hibernating(observed: Observed) -> Decision:
+    pod = observed.pod
+    mode = hibernation_mode(observed.spec, observed.memory_checkpoint_supported)
+    not_ready = ConditionUpdate(
+        ConditionType.READY, False, Reason.SANDBOX_HIBERNATED, "hibernating"
+    )
+    if pod is not None and not pod.deleting:
+        wanted = checkpoint_id(observed.name, pod.uid)
+        needs_checkpoint = (
+            mode == "memory"
+            and pod.ready
+            and not pod.checkpoint_failed
+            and (observed.checkpoint is None or observed.checkpoint.id != wanted)
+        )
+        action = Action.CHECKPOINT if needs_checkpoint else Action.DELETE_POD
+        return Decision(SandboxPhase.HIBERNATING, (action,), (not_ready,))
+    if pod is not None:
+        return Decision(SandboxPhase.HIBERNATING, (), (not_ready,), requeue_after=1.0)
+    return Decision(
+        SandboxPhase.HIBERNATED,
+        (),
+        (
+            ConditionUpdate(ConditionType.READY, False, Reason.SANDBOX_HIBERNATED, "hibernated"),
+            _hibernated_condition(
+                True,
+                Reason.REQUESTED_BY_USER
+                if observed.spec.operating_mode == "Hibernated"
+                else Reason.IDLE_TIMEOUT,
+                f"mode {mode}",
+            ),
+        ),
+        reason=Reason.SANDBOX_HIBERNATED,
+        message=(
+            f"hibernated with checkpoint {observed.checkpoint.id}"
+            if observed.checkpoint
+            else "hibernated; the workspace is kept"
+            if mode != "none"
+            else "stopped"
+        ),
+    )
+
+
+def _hibernated(observed: Observed) -> Decision:
+    spec = observed.spec
+    wake = spec.operating_mode == "Running" or (
+        spec.operating_mode == "Auto" and wake_requested(observed)
+    )
+    if observed.pod is not None and not observed.pod.deleting:
+        # A pod that should not exist (created by hand, or a delete that did not finish).
+        return Decision(SandboxPhase.HIBERNATED, (Action.DELETE_POD,))
+    if not wake:
+        stale = (Action.CLEAR_WAKE_REQUEST,) if wake_requested(observed) else ()
+        return Decision(SandboxPhase.HIBERNATED, stale)
+    why = "a request arrived" if wake_requested(observed) else "operatingMode is Running"
+    return Decision(
+        SandboxPhase.WAKING,
+        (),
+        (ConditionUpdate(ConditionType.READY, False, Reason.SANDBOX_WAKING, why),),
+        reason=Reason.SANDBOX_WAKING,
+        message=f"waking: {why}",
+    )
+
+
+def _waking(observed: Observed) -> Decision:
+    pod = observed.pod
+    waking = ConditionUpdate(ConditionType.READY, False, Reason.SANDBOX_WAKING, "waking")
+    if pod is None:
+        return Decision(SandboxPhase.WAKING, (Action.CREATE_POD,), (waking,))
+    if pod.deleting:
+        return Decision(SandboxPhase.WAKING, (), (waking,), requeue_after=1.0)
+    if pod.unschedulable:
+        return Decision(
+            SandboxPhase.WAKING,
+            (),
+            (
+                ConditionUpdate(
+                    ConditionType.POD_SCHEDULED, False, Reason.UNSCHEDULABLE, pod.unschedulable
+                ),
+                waking,
+            ),
+        )
+    if not pod.ready:
+        return Decision(SandboxPhase.WAKING, (), (waking,))
+    if observed.checkpoint is not None and pod.restore_from == observed.checkpoint.id:
+        return Decision(SandboxPhase.WAKING, (Action.RESTORE,), (waking,))
+    clear = (Action.CLEAR_WAKE_REQUEST,) if wake_requested(observed) else ()
+    return Decision(
+        SandboxPhase.RUNNING,
+        clear,
+        (
+            ConditionUpdate(ConditionType.READY, True, Reason.POD_READY, ""),
+            _hibernated_condition(False, Reason.NOT_HIBERNATED),
+        ),
+        reason=Reason.POD_READY,
+        message=f"awake on {pod.node}",
+    )
