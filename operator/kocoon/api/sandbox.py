@@ -454,11 +454,11 @@ class SandboxStatus(KocoonModel):
     """The sandbox's pod; empty while hibernated."""
     node_name: str | None = None
     """Node the pod runs on; empty while hibernated."""
-    pod_ip: str | None = None
+    pod_ip: Annotated[str | None, Field(alias="podIP")] = None
     """IP of the pod, where the router forwards to; empty while hibernated."""
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     """Container port the router forwards to: the first exposed port."""
-    service_fqdn: str | None = None
+    service_fqdn: Annotated[str | None, Field(alias="serviceFQDN")] = None
     """DNS name of the sandbox's Service, stable across hibernation."""
     endpoint: str | None = None
     """URL of the sandbox through the router."""
