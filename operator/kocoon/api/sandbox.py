@@ -210,7 +210,9 @@ class Workspace(KocoonModel):
                     ".mountPath",
                 ),
                 cel(
-                    "quantity(string(self.size)).compareTo(quantity(string(oldSelf.size))) >= 0",
+                    "!isQuantity(string(self.size)) || !isQuantity(string(oldSelf.size))"
+                    " || quantity(string(self.size)).compareTo(quantity(string(oldSelf.size)))"
+                    " >= 0",
                     "size may grow but not shrink",
                     ".size",
                 ),
@@ -279,7 +281,7 @@ class EgressRule(KocoonModel):
         ]
         | None
     ) = None
-    """A host name, e.g. `pypi.org`, or a wildcard for its subdomains, e.g. `*.github.com`."""
+    """A host name, e.g. `api.example.com`, or a wildcard for its subdomains, e.g. `*.github.com`."""
     ports: Annotated[list[Port], Field(max_length=16, json_schema_extra=SET)] = []
     """TCP ports allowed to that destination; every port when empty."""
 
