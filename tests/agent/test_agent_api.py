@@ -105,3 +105,21 @@ async def test_node_facts_report_unsupported_drivers_with_reasons(tmp_path: Path
         )
         assert (status, body["reason"]) == (422, "DriverUnavailable")
         assert "no kubelet reachable" in body["message"]
+
+
+async def test_forgetting_a_sandbox_deletes_its_checkpoints_and_key(tmp_path: Path) -> None:
+    async with in_process_agent(tmp_path) as agent:
+        _, record = await agent.call(
+            "POST", "/v1/checkpoints", {"sandbox": SANDBOX, "driver": "filesystem"}
+        )
+        other = {"namespace": "team-b", "name": "s2"}
+        _, kept = await agent.call(
+            "POST", "/v1/checkpoints", {"sandbox": other, "driver": "filesystem"}
+        )
+        assert (tmp_path / "keys" / "team-a_s1.key").exists()
+        status, result = await agent.call("DELETE", "/v1/sandboxes/team-a/s1")
+        assert status == 200
+        assert result["deleted"] == [record["id"]]
+        assert not (tmp_path / "keys" / "team-a_s1.key").exists()
+        _, listed = await agent.call("GET", "/v1/checkpoints")
+        assert [r["id"] for r in listed["items"]] == [kept["id"]]

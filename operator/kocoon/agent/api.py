@@ -133,6 +133,21 @@ async def prune(request: web.Request) -> web.Response:
     return _json(PruneResult(deleted=request.app[SERVICE_KEY].prune(body)))
 
 
+async def forget_sandbox(request: web.Request) -> web.Response:
+    try:
+        sandbox = SandboxRef(
+            namespace=request.match_info["namespace"], name=request.match_info["name"]
+        )
+    except ValidationError as exc:
+        raise AgentError(
+            f"namespace, name: not a valid sandbox reference: {exc.errors()[0]['msg']}",
+            reason=REASON_INVALID_REQUEST,
+            status=400,
+        ) from None
+    deleted = await request.app[SERVICE_KEY].forget_sandbox(sandbox)
+    return _json(PruneResult(deleted=deleted))
+
+
 async def node_facts(request: web.Request) -> web.Response:
     return _json(await request.app[SERVICE_KEY].node_facts())
 
@@ -163,6 +178,7 @@ def build_app(
     app.router.add_delete("/v1/checkpoints/{id}", delete_checkpoint)
     app.router.add_post("/v1/checkpoints/{id}/restore", restore_checkpoint)
     app.router.add_post("/v1/prune", prune)
+    app.router.add_delete("/v1/sandboxes/{namespace}/{name}", forget_sandbox)
     app.router.add_get("/v1/node", node_facts)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -347,6 +347,16 @@ class CheckpointService:
             )
         return deleted
 
+    async def forget_sandbox(self, sandbox: SandboxRef) -> list[str]:
+        """Deletes every checkpoint of a sandbox and then its key: its memory is gone for good."""
+        deleted = [record.id for record in self.store.list_records(sandbox)]
+        for checkpoint_id in deleted:
+            self.store.delete(checkpoint_id)
+        await self.keys.delete(sandbox)
+        self.refresh_store_gauges()
+        log.info("sandbox forgotten", extra={"sandbox": str(sandbox), "deleted": deleted})
+        return deleted
+
     async def node_facts(self) -> NodeFacts:
         statuses = []
         for name, driver in sorted(self.drivers.items()):
