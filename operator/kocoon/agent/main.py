@@ -12,7 +12,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from kocoon.agent import logs, tls
+from kocoon import log as logsetup
+from kocoon.agent import tls
 from kocoon.agent.api import build_app
 from kocoon.agent.auth import (
     Authenticator,
@@ -93,7 +94,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kubelet-token-file", type=Path)
     p.add_argument("--kubelet-ca", type=Path)
     p.add_argument("--kubelet-checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINT_DIR)
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     return p
 
 
@@ -184,7 +187,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(list(argv))
-    logs.configure(args.log_level)
+    logsetup.configure(level=logging.getLevelNamesMapping()[args.log_level.upper()])
     try:
         asyncio.run(serve(args))
     except KeyboardInterrupt:
