@@ -120,12 +120,13 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ValueError(f"{source}: the configuration must be a YAML mapping")
         data.update(loaded)
-    for name in OperatorConfig.model_fields:
+    for name, info in OperatorConfig.model_fields.items():
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is None:
             continue
+        key = info.alias or name  # the file's spelling, so the override replaces it
         try:
-            data[name] = json.loads(raw)
+            data[key] = json.loads(raw)
         except json.JSONDecodeError:
-            data[name] = raw  # a plain string such as KOCOON_DEFAULT_RUNTIME_CLASS=runc
+            data[key] = raw  # a plain string such as KOCOON_DEFAULT_RUNTIME_CLASS=runc
     return OperatorConfig.model_validate(data)

@@ -139,8 +139,9 @@ class Duration(timedelta):
             "pattern": DURATION_PATTERN,
             "maxLength": 64,
             "x-kubernetes-validations": [
+                # Guarded so that a malformed value reports only the pattern, not a CEL error.
                 cel(
-                    "duration(self) <= duration('8784h')",
+                    f"!self.matches(r'{DURATION_PATTERN}') || duration(self) <= duration('8784h')",
                     "must be at most 8784h (366 days)",
                 )
             ],
@@ -286,7 +287,10 @@ def _positive_quantity(value: Quantity) -> Quantity:
 def _positive_quantity_schema(schema: JsonDict) -> None:
     _add_rule(
         schema,
-        cel("quantity(string(self)).isGreaterThan(quantity('0'))", "must be greater than zero"),
+        cel(
+            "!isQuantity(string(self)) || quantity(string(self)).isGreaterThan(quantity('0'))",
+            "must be greater than zero",
+        ),
     )
 
 
@@ -304,7 +308,13 @@ PositiveQuantity = Annotated[
 
 
 def _positive_duration_schema(schema: JsonDict) -> None:
-    _add_rule(schema, cel("duration(self) > duration('0s')", "must be longer than zero"))
+    _add_rule(
+        schema,
+        cel(
+            f"!self.matches(r'{DURATION_PATTERN}') || duration(self) > duration('0s')",
+            "must be longer than zero",
+        ),
+    )
 
 
 def _require_positive_duration(value: Duration) -> Duration:

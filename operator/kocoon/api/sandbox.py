@@ -281,7 +281,8 @@ class EgressRule(KocoonModel):
         ]
         | None
     ) = None
-    """A host name, e.g. `api.example.com`, or a wildcard for its subdomains, e.g. `*.github.com`."""
+    """A host name, e.g. `api.example.com`, or a wildcard for its subdomains, e.g.
+    `*.github.com`."""
     ports: Annotated[list[Port], Field(max_length=16, json_schema_extra=SET)] = []
     """TCP ports allowed to that destination; every port when empty."""
 

@@ -237,19 +237,32 @@ def sandbox_spec_defaults(
     """
     patch: MergePatch = {}
     gpu = _gpu_or_none(spec.get("gpu"))
-    runtime_class = spec.get("runtimeClassName") or (old_spec or {}).get("runtimeClassName")
-    if not isinstance(runtime_class, str):
-        runtime_class = config.default_runtime_class_for(with_gpu="gpu" in spec)
-    if spec.get("runtimeClassName") != runtime_class:
+    runtime_class = _runtime_class_default(spec, old_spec, config)
+    if "runtimeClassName" not in spec:
         patch["runtimeClassName"] = runtime_class
     if "hibernation" not in spec and session_hibernation is None:
-        patch["hibernation"] = default_hibernation(runtime_class, gpu, "workspace" in spec, config)
+        has_workspace = isinstance(spec.get("workspace"), dict)
+        patch["hibernation"] = default_hibernation(runtime_class, gpu, has_workspace, config)
     template = spec.get("template")
     if config.pod_hardening and isinstance(template, dict):
-        security = template.get("securityContext") or {}
-        if "runAsNonRoot" not in security:
+        security = template.get("securityContext", {})
+        if isinstance(security, dict) and "runAsNonRoot" not in security:
             patch["template"] = {"securityContext": {"runAsNonRoot": True}}
     return patch
+
+
+def _runtime_class_default(
+    spec: dict[str, Any], old_spec: dict[str, Any] | None, config: OperatorConfig
+) -> str:
+    """The runtime class as set, else as it was before this update, else the configured one.
+
+    A value of the wrong type is kept as it is, for schema validation to report.
+    """
+    for source in (spec, old_spec or {}):
+        value = source.get("runtimeClassName")
+        if isinstance(value, str) and value:
+            return value
+    return config.default_runtime_class_for(with_gpu="gpu" in spec)
 
 
 def _gpu_or_none(raw: Any) -> GpuSlice | None:
@@ -263,9 +276,6 @@ def _gpu_or_none(raw: Any) -> GpuSlice | None:
 def model_spec_defaults(
     spec: dict[str, Any], old_spec: dict[str, Any] | None, config: OperatorConfig
 ) -> MergePatch:
-    runtime_class = spec.get("runtimeClassName") or (old_spec or {}).get("runtimeClassName")
-    if not isinstance(runtime_class, str):
-        runtime_class = config.default_runtime_class_for(with_gpu="gpu" in spec)
-    if spec.get("runtimeClassName") == runtime_class:
+    if "runtimeClassName" in spec:
         return {}
-    return {"runtimeClassName": runtime_class}
+    return {"runtimeClassName": _runtime_class_default(spec, old_spec, config)}

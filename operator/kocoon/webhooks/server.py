@@ -2,19 +2,22 @@
 
 Two certificate setups:
 
-- self-signed (default): kopf generates a CA and a serving certificate at start-up and, in
-  managed mode, writes the CA bundle into the webhook configurations named below — the same
-  objects `webhooks/self-signed/` creates.
+- self-signed (default): a certificate is generated at start-up (`certs.py`) and kopf, in
+  managed mode, writes it as the CA bundle into the webhook configurations named below — the
+  same objects `webhooks/self-signed/` creates.
 - cert-manager: the certificate is mounted from the Secret of `webhooks/cert-manager/`, kopf
   re-reads it on rotation, and cert-manager's CA injector fills the configurations.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import kopf
+
+from kocoon.webhooks.certs import write_self_signed
 
 CONFIGURATION_NAME = "kocoon.io"
 NAMESPACE = "kocoon-system"
@@ -38,15 +41,23 @@ class WebhookServing:
         return self.certfile is None
 
 
-def configure(settings: kopf.OperatorSettings, serving: WebhookServing) -> None:
+def configure(
+    settings: kopf.OperatorSettings,
+    serving: WebhookServing,
+    configuration_name: str = CONFIGURATION_NAME,
+) -> None:
     """Point kopf's admission settings at our server; manage the CA bundle when self-signed."""
+    certfile, pkeyfile = serving.certfile, serving.pkeyfile
+    if certfile is None or pkeyfile is None:
+        directory = Path(tempfile.mkdtemp(prefix="kocoon-webhook-"))
+        certfile, pkeyfile = write_self_signed([serving.host], directory)
     settings.admission.server = kopf.WebhookServer(
         addr=serving.addr,
         port=serving.port,
         host=serving.host,
-        certfile=str(serving.certfile) if serving.certfile else None,
-        pkeyfile=str(serving.pkeyfile) if serving.pkeyfile else None,
+        certfile=str(certfile),
+        pkeyfile=str(pkeyfile),
     )
     # With a self-signed certificate only the operator knows the CA, so it must write the
     # configurations itself; with cert-manager the CA injector does, and kopf must not fight it.
-    settings.admission.managed = CONFIGURATION_NAME if serving.self_signed else None
+    settings.admission.managed = configuration_name if serving.self_signed else None
