@@ -11,6 +11,7 @@ from cryptography import x509
 
 from kocoon.webhooks import handlers, manifests
 from kocoon.webhooks.certs import build_self_signed, write_self_signed
+from kocoon.webhooks.server import WebhookServing
 
 pytestmark = pytest.mark.unit
 
@@ -81,3 +82,15 @@ def test_self_signed_certificate_serves_tls(tmp_path: Path) -> None:
 def test_certificate_needs_a_name() -> None:
     with pytest.raises(ValueError, match="host name"):
         build_self_signed([])
+
+
+def test_serving_from_environment() -> None:
+    default = WebhookServing.from_env({})
+    assert default.self_signed
+    assert default.port == 9443
+    mounted = WebhookServing.from_env(
+        {"KOCOON_WEBHOOK_CERTFILE": "/tls/tls.crt", "KOCOON_WEBHOOK_KEYFILE": "/tls/tls.key"}
+    )
+    assert not mounted.self_signed
+    with pytest.raises(ValueError, match="KEYFILE"):
+        WebhookServing.from_env({"KOCOON_WEBHOOK_CERTFILE": "/tls/tls.crt"})

@@ -11,7 +11,9 @@ Two certificate setups:
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,27 @@ class WebhookServing:
     @property
     def self_signed(self) -> bool:
         return self.certfile is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WebhookServing:
+        """Serving options from `KOCOON_WEBHOOK_{ADDR,PORT,HOST,CERTFILE,KEYFILE}`.
+
+        Set CERTFILE and KEYFILE to the mounted cert-manager Secret to use cert-manager.
+        """
+        env = os.environ if environ is None else environ
+        certfile, keyfile = env.get("KOCOON_WEBHOOK_CERTFILE"), env.get("KOCOON_WEBHOOK_KEYFILE")
+        if bool(certfile) != bool(keyfile):
+            raise ValueError(
+                "set both KOCOON_WEBHOOK_CERTFILE and KOCOON_WEBHOOK_KEYFILE, or neither"
+                " (then a self-signed certificate is generated)"
+            )
+        return cls(
+            addr=env.get("KOCOON_WEBHOOK_ADDR", cls.addr),
+            port=int(env.get("KOCOON_WEBHOOK_PORT", cls.port)),
+            host=env.get("KOCOON_WEBHOOK_HOST", cls.host),
+            certfile=Path(certfile) if certfile else None,
+            pkeyfile=Path(keyfile) if keyfile else None,
+        )
 
 
 def configure(
