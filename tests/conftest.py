@@ -133,7 +133,7 @@ def stop_operator(operator: OperatorProcess) -> None:
         operator.process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:

@@ -238,7 +238,7 @@ def _awake(observed: Observed, phase: SandboxPhase) -> Decision:
                 ),
                 ConditionUpdate(ConditionType.READY, False, Reason.POD_PENDING, pod.unschedulable),
             ),
-            reason=Reason.UNSCHEDULABLE if phase is not SandboxPhase.PENDING else None,
+            reason=Reason.UNSCHEDULABLE,
             message=pod.unschedulable,
         )
     if not pod.ready:

@@ -159,3 +159,10 @@ def test_a_second_cluster_runs_beside_and_down_leaves_nothing(cluster: Cluster) 
     assert not ports & _listening_ports()
     assert not os.path.exists(directory)
     assert cluster.healthy()
+
+
+def test_kwok_nodes_heartbeat_through_leases(cluster: Cluster) -> None:
+    # Without node leases the node controller marks every kwok node NotReady after its grace
+    # period and evicts the pods: the cluster would flap under longer tests.
+    leases = _get(cluster, "leases", "-n", "kube-node-lease")["items"]
+    assert {lease["metadata"]["name"] for lease in leases} >= set(cluster.state.nodes)

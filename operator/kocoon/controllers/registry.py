@@ -40,6 +40,6 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    ctx = context.current()
-    await ctx.api.close()
+    # The API client is left open: handlers that are still finishing may use it, and the
+    # process is about to exit and free it anyway.
     context.install(None)

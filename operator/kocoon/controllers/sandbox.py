@@ -22,7 +22,7 @@ from kocoon.api.sandbox import Sandbox, SandboxStatus, Usage
 from kocoon.builders import activity, gpu, names, network, storage
 from kocoon.builders import pod as pod_builder
 from kocoon.builders.context import Identity
-from kocoon.controllers import metrics, observe
+from kocoon.controllers import failpoints, metrics, observe
 from kocoon.controllers.checkpoints import CheckpointFailed, CheckpointUnavailable, Target
 from kocoon.controllers.context import OperatorContext, current, reconcile_interval
 from kocoon.kube import client, events
@@ -274,10 +274,6 @@ async def _release(ctx: OperatorContext, owner: Identity, status: SandboxStatus)
     status.checkpoint = None
 
 
-def _status_patch(status: SandboxStatus) -> dict[str, Any]:
-    return status.to_wire()
-
-
 async def reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
     async with ctx.lock(KIND, namespace, name):
         body = await client.get(ctx.api, SANDBOX, namespace, name)
@@ -321,6 +317,9 @@ async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
     status.usage = account_usage(status, observed, gpu_count, decision.phase != status.phase)
     for action in decision.actions:
         await _act(ctx, action, owner, sandbox, status, pod, body)
+        failpoints.hit(f"after:{action.value}")
+    if decision.phase != status.phase:
+        failpoints.hit(f"before-status:{decision.phase.value}")
     await _write_status(ctx, body, sandbox, status, decision, observed, owner)
 
 
@@ -346,8 +345,15 @@ async def _write_status(
         status.phase = decision.phase
         status.phase_since = now
         metrics.TRANSITIONS.labels(phase=decision.phase.value).inc()
+    before = {c.type: (c.status, c.reason) for c in status.conditions}
     status.conditions = merge_conditions(
         status.conditions, decision.conditions, observed.generation, now
+    )
+    # Worth an Event: a new phase, or a condition that changed for the decision's reason.
+    conditions_changed = any(
+        before.get(u.type) != ("True" if u.status else "False", u.reason)
+        for u in decision.conditions
+        if u.reason == decision.reason
     )
     status.observed_generation = observed.generation
     pod = observed.pod
@@ -361,12 +367,15 @@ async def _write_status(
     status.endpoint = f"/sandboxes/{owner.namespace}/{owner.name}/"
     if observed.activity.last_request is not None:
         status.last_activity_time = observed.activity.last_request
-    patch = {"status": status.to_wire()}
-    if patch["status"] != (body.get("status") or {}):
+    wire = status.to_wire()
+    old = body.get("status") or {}
+    # A merge patch keeps what it does not mention: clear fields that are now empty.
+    patch = {"status": {**{key: None for key in old if key not in wire}, **wire}}
+    if wire != old:
         await client.merge_patch(
             ctx.api, SANDBOX, owner.namespace, owner.name, patch, subresource="status"
         )
-    if decision.reason is not None and decision.phase != previous:
+    if decision.reason is not None and (decision.phase != previous or conditions_changed):
         event_type = events.WARNING if decision.reason is Reason.UNSCHEDULABLE else events.NORMAL
         message = f"{previous or 'New'} → {decision.phase}: {decision.message}".strip()
         log.info(message, extra={"sandbox": f"{owner.namespace}/{owner.name}"})

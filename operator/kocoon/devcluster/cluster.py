@@ -437,6 +437,8 @@ def _start_all(
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={nodes.KWOK_ANNOTATION}={nodes.KWOK_ANNOTATION_VALUE}",
             "--node-ip=127.0.0.1",
+            # Node heartbeats: without leases the node controller marks kwok nodes NotReady.
+            "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{p['kwok']}",
         ],
         f"http://127.0.0.1:{p['kwok']}/healthz",
