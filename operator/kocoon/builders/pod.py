@@ -27,6 +27,11 @@ def _container(spec: SandboxSpec, settings: BuildSettings) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    if template.security_context is not None:
+        # Who the process runs as is the user's; what it may never do is not.
+        container["securityContext"].update(template.security_context.to_wire())
+        container["securityContext"]["allowPrivilegeEscalation"] = False
+        container["securityContext"]["privileged"] = False
     if template.image_pull_policy:
         container["imagePullPolicy"] = template.image_pull_policy
     if template.command:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -84,8 +85,10 @@ class AgentCheckpointer:
         token: str,
         ca_file: str | None,
         driver: str = "runc",
+        discover: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.endpoints = endpoints
+        self.discover = discover
         self.token = token
         self.driver = driver
         self.ssl: ssl.SSLContext | bool = (
@@ -93,7 +96,9 @@ class AgentCheckpointer:
         )
 
     @classmethod
-    def from_environment(cls) -> AgentCheckpointer:
+    def from_environment(
+        cls, discover: Callable[[str], Awaitable[str | None]] | None = None
+    ) -> AgentCheckpointer:
         endpoints = json.loads(os.environ.get(AGENT_ENDPOINTS_ENV, "{}"))
         token_file = os.environ.get(AGENT_TOKEN_FILE_ENV)
         token = Path(token_file).read_text().strip() if token_file else ""
@@ -102,10 +107,14 @@ class AgentCheckpointer:
             token,
             os.environ.get(AGENT_CA_FILE_ENV),
             os.environ.get(DEFAULT_DRIVER_ENV, "runc"),
+            discover,
         )
 
-    def endpoint(self, node: str | None) -> str:
+    async def endpoint(self, node: str | None) -> str:
+        """The agent serving `node`: configured, or the agent pod running on that node."""
         url = self.endpoints.get(node or "", self.endpoints.get("*"))
+        if not url and node and self.discover is not None:
+            url = await self.discover(node)
         if not url or not self.token:
             raise CheckpointUnavailable(f"no Kocoon agent serves node {node}")
         return url.rstrip("/")
@@ -113,7 +122,7 @@ class AgentCheckpointer:
     async def _call(
         self, node: str | None, method: str, path: str, body: Any = None
     ) -> dict[str, Any]:
-        url = self.endpoint(node) + path
+        url = await self.endpoint(node) + path
         headers = {"Authorization": f"Bearer {self.token}"}
         try:
             async with (
@@ -166,3 +175,18 @@ class AgentCheckpointer:
 
     async def release(self, namespace: str, checkpoint: Checkpoint) -> None:
         await self._call(checkpoint.node, "DELETE", f"/v1/checkpoints/{checkpoint.id}")
+
+
+AGENT_SELECTOR = "app.kubernetes.io/name=kocoon,app.kubernetes.io/component=agent"
+AGENT_PORT = 9443
+
+
+def agent_pod_url(pods: list[dict[str, Any]], node: str, port: int = AGENT_PORT) -> str | None:
+    """The HTTPS address of the running agent pod on `node`, from a list of agent pods."""
+    for pod in pods:
+        status = pod.get("status", {})
+        if pod.get("spec", {}).get("nodeName") == node and status.get("phase") == "Running":
+            ip = status.get("podIP")
+            if ip:
+                return f"https://{ip}:{port}"
+    return None

@@ -1,7 +1,7 @@
 """Failpoints: named places where the operator can be made to die, to prove restarts converge.
 
-`KOCOON_FAILPOINTS=after:DeletePod,before-status:Hibernated` makes the process exit at once (as a kill
-would) when it reaches one of those points. Unset, they cost one set lookup.
+`KOCOON_FAILPOINTS=after:DeletePod,before-status:Hibernated` makes the process exit at once
+(as a kill would) when it reaches one of those points. Unset, they cost one set lookup.
 """
 
 from __future__ import annotations

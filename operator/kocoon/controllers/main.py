@@ -33,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--liveness-port", type=int, default=0, help="serve /healthz on this port")
     parser.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port")
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="serve the admission webhooks (TLS; see KOCOON_WEBHOOK_* for address and certificate)",
+    )
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
@@ -48,7 +53,13 @@ def main(argv: list[str]) -> int:
     if args.config:
         os.environ["KOCOON_CONFIG"] = args.config
     # Importing the controllers registers their handlers with kopf's default registry.
-    from kocoon.controllers import registry  # noqa: F401
+    from kocoon.controllers import context, registry
+
+    if args.webhooks:
+        from kocoon.webhooks import handlers
+
+        os.environ[registry.WEBHOOKS_ENV] = "1"
+        handlers.register(kopf.get_default_registry(), lambda: context.current().config)
 
     if args.metrics_port:
         from prometheus_client import start_http_server

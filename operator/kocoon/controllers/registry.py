@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
+from kubernetes_asyncio.client import ApiClient
 
 from kocoon.controllers import context, sandbox  # noqa: F401  (registers handlers)
-from kocoon.controllers.checkpoints import AgentCheckpointer
-from kocoon.kube.client import new_api_client
+from kocoon.controllers.checkpoints import AGENT_SELECTOR, AgentCheckpointer, agent_pod_url
+from kocoon.kube.client import list_objects, new_api_client
+from kocoon.kube.resources import POD
+from kocoon.webhooks.server import WebhookServing
+from kocoon.webhooks.server import configure as configure_webhooks
+
+WEBHOOKS_ENV = "KOCOON_WEBHOOKS"
 
 
 @kopf.on.login()
@@ -26,6 +34,8 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = 30  # kopf's own per-handler events only for warnings and errors
     settings.watching.server_timeout = 300
+    if os.environ.get(WEBHOOKS_ENV) == "1":
+        configure_webhooks(settings, WebhookServing.from_env())
     config = context.load()
     api = await new_api_client()
     context.install(
@@ -33,9 +43,20 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
             api=api,
             config=config,
             build=context.build_settings(config),
-            checkpointer=AgentCheckpointer.from_environment(),
+            checkpointer=AgentCheckpointer.from_environment(discover=_agent_discovery(api)),
         )
     )
+
+
+def _agent_discovery(api: ApiClient) -> Callable[[str], Awaitable[str | None]]:
+    """Find the agent DaemonSet's pod on a node (in the operator's namespace)."""
+    namespace = os.environ.get(context.RELEASE_NAMESPACE_ENV, "kocoon-system")
+
+    async def discover(node: str) -> str | None:
+        pods = await list_objects(api, POD, namespace, label_selector=AGENT_SELECTOR)
+        return agent_pod_url(pods, node)
+
+    return discover
 
 
 @kopf.on.cleanup()
