@@ -9,7 +9,8 @@ real `kocoon router --static` command), and this load generator. For each target
 - an SSE stream of many events: events per second and time to first event;
 and, in process, the wake path's time split (request → wake asked, asked → Ready, Ready →
 answer) with an in-memory control that brings the target up after `--wake-delay`.
-Results are printed and written as JSON to bench/results/.
+Targets are measured in alternating rounds (medians reported) so that drift in the machine's
+load hits all of them alike. Results are printed and written as JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -114,6 +115,14 @@ async def process(args: list[str], host: str, port: int) -> AsyncIterator[subpro
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-metric median of several rounds of `measure()` results."""
+    return {
+        group: {metric: statistics.median(r[group][metric] for r in runs) for metric in values}
+        for group, values in runs[0].items()
+    }
 
 
 # --- measurements ------------------------------------------------------------------------------
@@ -288,9 +297,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"endpoint: '{BACKEND_HOST}:{backend_port}', token: {TOKEN}}}\n"
         )
         backend_cmd = [sys.executable, __file__, "--backend", str(backend_port)]
-        async with process(backend_cmd, BACKEND_HOST, backend_port):
-            direct = Target("direct", f"http://{BACKEND_HOST}:{backend_port}")
-            results["targets"]["direct"] = await measure(direct, args)
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(process(backend_cmd, BACKEND_HOST, backend_port))
+            targets = [Target("direct", f"http://{BACKEND_HOST}:{backend_port}")]
             for loop in args.loops.split(","):
                 port, admin = free_port(ROUTER_HOST), free_port(ROUTER_HOST)
                 router_cmd = [
@@ -298,11 +307,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "--listen", f"{ROUTER_HOST}:{port}", "--admin-listen", f"{ROUTER_HOST}:{admin}",
                     "--event-loop", loop, "--log-level", "WARNING",
                 ]  # fmt: skip
-                async with process(router_cmd, ROUTER_HOST, port):
-                    target = Target(
-                        f"router-{loop}", f"http://{ROUTER_HOST}:{port}/sandboxes/bench/box"
-                    )
-                    results["targets"][target.name] = await measure(target, args)
+                await stack.enter_async_context(process(router_cmd, ROUTER_HOST, port))
+                targets.append(
+                    Target(f"router-{loop}", f"http://{ROUTER_HOST}:{port}/sandboxes/bench/box")
+                )
+            # Rounds alternate the targets so drift in the machine's load hits all of them.
+            rounds: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+            for _ in range(args.rounds):
+                for target in targets:
+                    rounds[target.name].append(await measure(target, args))
+            results["rounds"] = rounds
+            results["targets"] = {name: median_of(runs) for name, runs in rounds.items()}
     base = results["targets"]["direct"]
     for name, measured in results["targets"].items():
         if name == "direct":
@@ -349,9 +364,10 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--seconds", type=float, default=5.0, help="per latency/throughput phase")
+    p.add_argument("--seconds", type=float, default=3.0, help="per latency/throughput phase")
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--sse-rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported")
+    p.add_argument("--sse-rounds", type=int, default=3)
     p.add_argument("--loops", default=DEFAULT_LOOPS, help="router event loops to compare")
     p.add_argument("--wake-delay", type=float, default=0.5, help="simulated cluster wake time, s")
     p.add_argument("--wake-rounds", type=int, default=10)

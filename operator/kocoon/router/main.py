@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -44,6 +45,8 @@ from kocoon.router.wake import (
 )
 
 log = logging.getLogger("kocoon.router")
+
+SHUTDOWN_GRACE_SECONDS = 10.0
 
 # LogRecord attributes that are not user-supplied `extra=` fields.
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
@@ -234,11 +237,16 @@ async def serve(args: argparse.Namespace) -> None:
         (router.app(), args.listen, "--listen"),
         (router.admin(), args.admin_listen, "--admin-listen"),
     ):
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
         await runner.setup()
         host, port = _hostport(address, flag)
         await web.TCPSite(runner, host, port, backlog=1024).start()
         runners.append(runner)
+    # SIGTERM (a pod being stopped) ends serve() like Ctrl-C: listeners close, in-flight
+    # requests get SHUTDOWN_GRACE_SECONDS to finish.
+    main_task = asyncio.current_task()
+    if main_task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     log.info("router serving", extra={"listen": args.listen, "admin": args.admin_listen})
     tasks = [asyncio.create_task(run()) for run in background]
     try:
@@ -266,7 +274,7 @@ def main(argv: list[str]) -> int:
 
         loop_factory = uvloop.new_event_loop
     with (
-        contextlib.suppress(KeyboardInterrupt),
+        contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError),
         asyncio.Runner(loop_factory=loop_factory) as runner,
     ):
         runner.run(serve(args))
