@@ -7,12 +7,19 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from routerkit import Backend, LocalControl, RecordingSink, RunningRouter, backend_app, start_app
 
 from kocoon.router.main import assemble
 from kocoon.router.proxy import ProxyConfig
 from kocoon.router.table import RoutingTable
 from kocoon.router.wake import WakeConfig, WakeControl
+from tests.router.routerkit import (
+    Backend,
+    LocalControl,
+    RecordingSink,
+    RunningRouter,
+    backend_app,
+    start_app,
+)
 
 
 async def _backend(host: str) -> AsyncIterator[Backend]:

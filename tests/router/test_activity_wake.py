@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from routerkit import LocalControl
 
 from kocoon.router.activity import ActivityPublisher, ActivitySnapshot, ActivityTracker
 from kocoon.router.table import BackendView, RoutingTable, TargetKey, TargetKind
 from kocoon.router.wake import QueueFull, TargetGone, WakeConfig, Waker, WakeTimedOut
+from tests.router.routerkit import LocalControl
 
 pytestmark = pytest.mark.unit
 

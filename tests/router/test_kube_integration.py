@@ -31,7 +31,7 @@ async def api(cluster: Any) -> Any:
 @pytest.fixture
 async def namespace(api: Any) -> Any:
     name = f"router-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(api)
+    core: Any = client.CoreV1Api(api)  # dict bodies: accepted at run time, not in the stubs
     await core.create_namespace({"metadata": {"name": name}})
     yield name
     await core.delete_namespace(name)
@@ -66,7 +66,7 @@ async def test_racing_replicas_write_one_wake_request(
 async def test_watcher_feeds_token_secrets_into_the_table(api: Any, namespace: str) -> None:
     table = RoutingTable()
     watcher = kube.TableWatcher(api, table, (namespace,))
-    core = client.CoreV1Api(api)
+    core: Any = client.CoreV1Api(api)  # dict bodies: accepted at run time, not in the stubs
     secret = {
         "metadata": {
             "name": "s1-token",
@@ -78,7 +78,7 @@ async def test_watcher_feeds_token_secrets_into_the_table(api: Any, namespace: s
     changed = asyncio.Event()
     table.listeners.append(changed.set)
 
-    async def until(expected: set[bytes]) -> None:
+    async def until(expected: frozenset[bytes]) -> None:
         while table.secrets.get((namespace, "s1-token")) != expected:
             changed.clear()
             await changed.wait()
@@ -86,7 +86,7 @@ async def test_watcher_feeds_token_secrets_into_the_table(api: Any, namespace: s
     task = asyncio.create_task(watcher.run())
     try:
         async with asyncio.timeout(20):
-            await until({hash_token("first")})
+            await until(frozenset({hash_token("first")}))
             assert f"secrets@{namespace}" in watcher.synced
             # rotation arrives through the watch
             secret["data"] = {
@@ -94,6 +94,6 @@ async def test_watcher_feeds_token_secrets_into_the_table(api: Any, namespace: s
                 kube.PREVIOUS_TOKEN_KEY: base64.b64encode(b"first").decode(),
             }
             await core.replace_namespaced_secret("s1-token", namespace, secret)
-            await until({hash_token("second"), hash_token("first")})
+            await until(frozenset({hash_token("second"), hash_token("first")}))
     finally:
         task.cancel()

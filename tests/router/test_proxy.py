@@ -9,10 +9,10 @@ import os
 
 import aiohttp
 import pytest
-from routerkit import NAMESPACE, Backend, RunningRouter, add_session, bearer
 
 from kocoon.router.table import BackendView, TargetKey, TargetKind
 from kocoon.router.wake import WakeConfig
+from tests.router.routerkit import NAMESPACE, Backend, RunningRouter, add_session, bearer
 
 # Real sockets on loopback, no cluster and no privileges.
 pytestmark = pytest.mark.unit
