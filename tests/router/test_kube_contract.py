@@ -25,10 +25,10 @@ READY = [{"type": "Ready", "status": "True"}, {"type": "Hibernated", "status": "
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        ({"endpoint": "10.1.2.3:8080"}, ("10.1.2.3:8080",)),
-        ({"endpoint": "http://s1.ns.svc:8080/"}, ("s1.ns.svc:8080",)),
-        ({"endpoint": {"host": "10.1.2.3", "port": 80}}, ("10.1.2.3:80",)),
-        ({"podIP": "10.1.2.3", "port": 9000}, ("10.1.2.3:9000",)),
+        ({"podIP": "10.1.2.3", "port": 9000, "serviceFQDN": "s.ns.svc"}, ("10.1.2.3:9000",)),
+        ({"serviceFQDN": "s1.ns.svc.cluster.local", "port": 80}, ("s1.ns.svc.cluster.local:80",)),
+        ({"podIP": "fd00::5", "port": 8080}, ("[fd00::5]:8080",)),
+        ({"endpoint": "https://s1.ns.sessions.example/", "port": 8080}, ()),  # the router's URL
         ({"podIP": "10.1.2.3"}, ()),
         ({}, ()),
     ],
@@ -60,7 +60,7 @@ def test_events_build_a_session_route() -> None:
         table,
         TargetKind.SANDBOX,
         "MODIFIED",
-        sandbox("s1-x", phase="Running", conditions=READY, endpoint="10.0.0.7:8080"),
+        sandbox("s1-x", phase="Running", conditions=READY, podIP="10.0.0.7", port=8080),
     )
     route = table.resolve(TargetKey(TargetKind.SESSION, "ns", "s1"))
     assert route is not None

@@ -95,16 +95,17 @@ def is_ready(status: Mapping[str, Any]) -> bool:
 
 
 def endpoints(status: Mapping[str, Any]) -> tuple[str, ...]:
-    """`status.endpoint` ("host:port" or "http://host:port"), else `podIP` + `port`."""
-    endpoint = status.get("endpoint")
-    if isinstance(endpoint, str) and endpoint:
-        hostport = endpoint.split("://", 1)[-1].split("/", 1)[0]
-        return (hostport,)
-    if isinstance(endpoint, Mapping) and endpoint.get("host") and endpoint.get("port"):
-        return (f"{endpoint['host']}:{endpoint['port']}",)
-    pod_ip, port = status.get("podIP"), status.get("port")
-    if pod_ip and port:
-        return (f"{pod_ip}:{port}",)
+    """Where to forward: `status.podIP` + `status.port`, else `serviceFQDN` + `port`.
+
+    `status.endpoint` is the target's URL *through the router*, so it is never a backend.
+    """
+    port = status.get("port")
+    if not port:
+        return ()
+    for host_field in ("podIP", "serviceFQDN"):
+        host = status.get(host_field)
+        if isinstance(host, str) and host:
+            return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}",)
     return ()
 
 
