@@ -370,3 +370,40 @@ async def test_admin_endpoints(
     assert 'kocoon_router_requests_total{code="200",kind="agentsession"} 1.0' in text
     assert 'kocoon_router_auth_failures_total{reason="missing"} 1.0' in text
     assert 'kocoon_router_targets{kind="agentsession"} 1.0' in text
+
+
+async def test_a_backend_that_starts_listening_late_is_retried(
+    router: RunningRouter, http: aiohttp.ClientSession
+) -> None:
+    # Ready in the table a moment before the process accepts connections (a just-woken
+    # sandbox): the router retries the refused connection instead of answering 502.
+    from aiohttp import web
+
+    from kocoon.devcluster.processes import free_port
+    from tests.router.routerkit import backend_app
+
+    late = Backend("127.0.0.4", free_port())
+    add_session(router.table, "late", late, TOKEN)
+
+    async def start_later() -> web.AppRunner:
+        await asyncio.sleep(0.3)
+        runner = web.AppRunner(backend_app(late))
+        await runner.setup()
+        await web.TCPSite(runner, late.host, late.port).start()
+        return runner
+
+    starting = asyncio.create_task(start_later())
+    async with http.get(session_url(router, "late"), headers=bearer(TOKEN)) as response:
+        assert response.status == 200
+    runner = await starting
+    await runner.cleanup()
+
+
+async def test_a_backend_that_never_listens_is_a_502(
+    router: RunningRouter, http: aiohttp.ClientSession
+) -> None:
+    from kocoon.devcluster.processes import free_port
+
+    add_session(router.table, "dead", Backend("127.0.0.4", free_port()), TOKEN)
+    async with http.get(session_url(router, "dead"), headers=bearer(TOKEN)) as response:
+        assert response.status == 502

@@ -8,10 +8,11 @@ WebSocket is bridged message by message. Hop-by-hop headers and the bearer token
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -53,6 +54,8 @@ WWW_AUTHENTICATE = 'Bearer realm="kocoon"'
 SMALL_BODY_BYTES = 256 * 1024
 DEFAULT_SSE_HEARTBEAT_SECONDS = 10.0
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
+# Backoff while a just-woken backend refuses connections (about 1.5 s in all).
+CONNECT_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
 @dataclass(frozen=True)
@@ -279,7 +282,7 @@ class Proxy:
         self, request: web.Request, match: Match, route: Route, response: web.StreamResponse
     ) -> None:
         try:
-            async with self._upstream_request(request, match, route, body=None) as upstream:
+            async with self._connected(request, match, route, None) as upstream:
                 if upstream.status != 200:
                     payload = json.dumps({"error": f"backend answered {upstream.status}"})
                     await response.write(f"event: error\ndata: {payload}\n\n".encode())
@@ -317,6 +320,27 @@ class Proxy:
             skip_auto_headers=skip,
         )
 
+    @contextlib.asynccontextmanager
+    async def _connected(
+        self, request: web.Request, match: Match, route: Route, body: object
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The upstream response, retrying while the backend refuses connections.
+
+        A target that has just become Ready may not accept connections for a moment (a
+        restored process re-opening its socket). A refused connection means nothing was
+        sent, so retrying is safe for any method; a streamed body can be sent only once.
+        """
+        retryable = body is None or isinstance(body, bytes)
+        for delay in (*CONNECT_RETRY_DELAYS, None):
+            try:
+                async with self._upstream_request(request, match, route, body) as upstream:
+                    yield upstream
+                    return
+            except aiohttp.ClientConnectorError:
+                if delay is None or not retryable:
+                    raise
+                await asyncio.sleep(delay)
+
     async def _forward(
         self, request: web.Request, match: Match, route: Route
     ) -> web.StreamResponse:
@@ -326,7 +350,7 @@ class Proxy:
             small = length is not None and length <= SMALL_BODY_BYTES
             body = await request.read() if small else request.content
         try:
-            async with self._upstream_request(request, match, route, body) as upstream:
+            async with self._connected(request, match, route, body) as upstream:
                 headers = response_headers(upstream.headers)
                 length = upstream.content_length
                 if length is not None and length <= SMALL_BODY_BYTES:
