@@ -465,6 +465,8 @@ class SandboxStatus(KocoonModel):
     """DNS name of the sandbox's Service, stable across hibernation."""
     endpoint: str | None = None
     """URL of the sandbox through the router."""
+    token_secret_ref: SecretKeyReference | None = None
+    """The Secret (and key) holding the bearer token the router requires for this sandbox."""
     last_activity_time: datetime | None = None
     """Last activity seen by the router or the workload."""
     checkpoint: Checkpoint | None = None

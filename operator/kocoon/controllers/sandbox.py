@@ -16,17 +16,17 @@ import kopf
 from pydantic import ValidationError
 
 from kocoon import lifecycle
-from kocoon.api.common import Condition
+from kocoon.api.common import Condition, SecretKeyReference
 from kocoon.api.conditions import ConditionType, Reason, SandboxPhase
 from kocoon.api.sandbox import Sandbox, SandboxStatus, Usage
-from kocoon.builders import activity, gpu, names, network, storage
+from kocoon.builders import activity, gpu, names, network, storage, token
 from kocoon.builders import pod as pod_builder
 from kocoon.builders.context import Identity
 from kocoon.controllers import failpoints, metrics, observe
 from kocoon.controllers.checkpoints import CheckpointFailed, CheckpointUnavailable, Target
 from kocoon.controllers.context import OperatorContext, current, reconcile_interval
 from kocoon.kube import client, events
-from kocoon.kube.resources import GROUP, LEASE, POD, SANDBOX, VERSION
+from kocoon.kube.resources import GROUP, LEASE, POD, SANDBOX, SECRET, VERSION
 
 log = logging.getLogger(__name__)
 KIND = "sandbox"
@@ -95,7 +95,22 @@ def account_usage(
     return usage.model_copy(update=update)
 
 
+async def ensure_token(ctx: OperatorContext, owner: Identity) -> None:
+    """Create the token Secret once; it is never rewritten, so the token stays valid."""
+    try:
+        await client.request(
+            ctx.api,
+            "POST",
+            SECRET.path(owner.namespace),
+            body=token.token_secret(owner, token.new_token()),
+        )
+    except client.ApiError as error:
+        if error.status != 409:
+            raise
+
+
 async def ensure_children(ctx: OperatorContext, owner: Identity, sandbox: Sandbox) -> None:
+    await ensure_token(ctx, owner)
     spec = sandbox.spec
     children = [
         storage.workspace_claim(owner, spec),
@@ -365,6 +380,9 @@ async def _write_status(
     if sandbox.spec.template.ports:
         status.service_fqdn = network.service_fqdn(owner, ctx.build)
     status.endpoint = f"/sandboxes/{owner.namespace}/{owner.name}/"
+    status.token_secret_ref = SecretKeyReference(
+        name=token.token_secret_name(owner.name), key=token.TOKEN_KEY
+    )
     if observed.activity.last_request is not None:
         status.last_activity_time = observed.activity.last_request
     wire = status.to_wire()
