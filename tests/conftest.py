@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from kocoon.devcluster import Cluster, ClusterState, binaries, down, up
+from kocoon.devcluster import Cluster, ClusterState, binaries, down, stack, up
 
 
 @pytest.fixture(scope="session")
@@ -43,46 +42,8 @@ def cluster() -> Iterator[Cluster]:
         down(name)
 
 
-ROOT = Path(__file__).resolve().parent.parent
-OPERATOR_NAMESPACE = "kocoon-system"
-
-
-def install_crds(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
-
-
-def operator_kubeconfig(cluster: Cluster, directory: Path) -> Path:
-    """Install the chart's RBAC for the operator and return a kubeconfig for its account.
-
-    The operator then runs with exactly the permissions the chart grants, so a missing rule
-    fails the tests instead of hiding behind an admin identity.
-    """
-    rendered = subprocess.run(
-        [
-            str(binaries.find("helm")),
-            "template",
-            "kocoon",
-            str(ROOT / "charts" / "kocoon"),
-            "--namespace",
-            OPERATOR_NAMESPACE,
-            "--show-only",
-            "templates/operator.yaml",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rbac = [
-        doc
-        for doc in yaml.safe_load_all(rendered)
-        if doc and doc["kind"] in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
-    ]
-    cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
-    cluster.apply(*rbac)
-    return cluster.service_account_kubeconfig(
-        OPERATOR_NAMESPACE, "kocoon-operator", directory / "operator.kubeconfig"
-    )
+OPERATOR_NAMESPACE = stack.NAMESPACE
+install_crds = stack.install_crds
 
 
 @dataclass
@@ -97,7 +58,7 @@ class OperatorProcess:
 def start_operator(
     cluster: Cluster, directory: Path, env: dict[str, str] | None = None
 ) -> OperatorProcess:
-    kubeconfig = operator_kubeconfig(cluster, directory)
+    kubeconfig = stack.component_kubeconfig(cluster, "operator", directory)
     log = directory / f"operator-{time.monotonic_ns()}.log"
     environment = {
         **os.environ,

@@ -140,6 +140,20 @@ class Cluster:
         for path in paths:
             self.kubectl("apply", "--server-side", "--field-manager=kocoon-dev", "-f", str(path))
 
+    def start_process(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+        """Start a process that belongs to this cluster: `down` stops it with the rest."""
+        log_path = Path(self.state.directory) / "logs" / f"{name}.log"
+        previous = self.state.pids.get(name)
+        if previous is not None:
+            processes.stop(previous)
+        pid = processes.spawn(argv, log_path, env=env)
+        self.state.pids[name] = pid
+        self.state.save()
+        return pid
+
+    def log_path(self, name: str) -> Path:
+        return Path(self.state.directory) / "logs" / f"{name}.log"
+
     def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
         """A kubeconfig that authenticates as a ServiceAccount, so its RBAC is what applies."""
         token = self.kubectl(
@@ -169,7 +183,10 @@ class Cluster:
         }
 
     def healthy(self) -> bool:
-        return all(processes.alive(pid) for pid in self.state.pids.values())
+        """Whether the control plane runs (processes started on top of it do not count)."""
+        return all(
+            processes.alive(pid) for name, pid in self.state.pids.items() if name in COMPONENT_ORDER
+        )
 
 
 def _kubeconfig(server: str, ca_pem: bytes, user: str) -> dict[str, Any]:
@@ -458,7 +475,7 @@ def _start_all(
 
 def cluster_manifests() -> tuple[Path, ...]:
     """Cluster-wide objects every Kocoon cluster has: RuntimeClasses and the GPU DeviceClass."""
-    root = _project_root()
+    root = project_root()
     if root is None:
         return ()
     gpu = root / "gpu"
@@ -467,7 +484,7 @@ def cluster_manifests() -> tuple[Path, ...]:
     )
 
 
-def _project_root() -> Path | None:
+def project_root() -> Path | None:
     here = Path(__file__).resolve()
     for parent in here.parents:
         if (parent / "gpu").is_dir() and (parent / "pyproject.toml").is_file():
@@ -494,7 +511,9 @@ def down(name: str = DEFAULT_NAME) -> bool:
     state = ClusterState.load(name)
     if state is None:
         return False
-    for component in reversed(COMPONENT_ORDER):
+    # Processes started on top of the control plane (operator, router, agent, ...) go first.
+    extras = [name for name in state.pids if name not in COMPONENT_ORDER]
+    for component in [*extras, *reversed(COMPONENT_ORDER)]:
         pid = state.pids.get(component)
         if pid is not None:
             processes.stop(pid)

@@ -27,7 +27,9 @@ def free_port() -> int:
         return port
 
 
-def spawn(argv: Sequence[str | os.PathLike[str]], log_path: Path) -> int:
+def spawn(
+    argv: Sequence[str | os.PathLike[str]], log_path: Path, env: dict[str, str] | None = None
+) -> int:
     """Start a component in its own session (it outlives the caller); output goes to a log."""
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
@@ -36,6 +38,7 @@ def spawn(argv: Sequence[str | os.PathLike[str]], log_path: Path) -> int:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=env,
         )
     return proc.pid
 

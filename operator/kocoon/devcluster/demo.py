@@ -1,0 +1,152 @@
+"""`make dev`: the local cluster with Kocoon running on it, and a sandbox taken through its life.
+
+A Sandbox is created; a request through the router reaches it; it goes idle and hibernates;
+the next request through the router wakes it and is answered. The cluster, operator, router
+and workloads keep running afterwards (`make dev-down` stops them all).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from kocoon.devcluster import cluster as cluster_module
+from kocoon.devcluster import stack
+
+NAMESPACE = "demo"
+NAME = "hello"
+IDLE_TIMEOUT = "15s"
+
+
+def step(message: str) -> None:
+    print(f"\n==> {message}", flush=True)
+
+
+def wait(what: str, probe: Callable[[], Any], timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def sandbox_manifest() -> dict[str, Any]:
+    return {
+        "apiVersion": "kocoon.io/v1alpha1",
+        "kind": "Sandbox",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {
+            "template": {
+                "image": "python:3.12-slim",
+                "command": ["python", "-m", "http.server", "8080"],
+                "ports": [{"name": "http", "containerPort": 8080}],
+            },
+            "runtimeClassName": "runc",
+            "workspace": {"size": "1Gi"},
+            "network": {"exposedPorts": ["http"]},
+            "idleTimeout": IDLE_TIMEOUT,
+            "hibernation": "filesystem",
+        },
+    }
+
+
+def request(url: str, token: str, timeout: float = 60) -> tuple[int, dict[str, Any], float]:
+    started = time.monotonic()
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, json.loads(response.read()), time.monotonic() - started
+    except urllib.error.HTTPError as error:
+        return (
+            error.code,
+            {"error": error.read().decode(errors="replace")},
+            time.monotonic() - started,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    step("starting the local cluster")
+    handle = cluster_module.up()
+    print(f'    API server {handle.server}  (eval "$(.venv/bin/kocoon dev env)" for kubectl)')
+
+    step("installing the CRDs and starting the operator, router and workloads")
+    stack.install_crds(handle)
+    stack.start_operator(handle)
+    _, router = stack.start_router(handle)
+    stack.start_workloads(handle)
+    print(f"    router at {router}; logs in {handle.log_path('kocoon-operator').parent}")
+
+    step(
+        f"creating Sandbox {NAMESPACE}/{NAME} (idleTimeout {IDLE_TIMEOUT}, filesystem hibernation)"
+    )
+    handle.kubectl("create", "namespace", NAMESPACE, check=False)
+    # The admission webhook may take a moment to come up with the operator: retry the create.
+    wait(
+        "the Sandbox to be accepted",
+        lambda: (
+            handle.kubectl(
+                "apply", "-f", "-", input=json.dumps(sandbox_manifest()), check=False
+            ).returncode
+            == 0
+        ),
+    )
+
+    def sandbox() -> dict[str, Any]:
+        out = handle.kubectl("get", "sandbox", NAME, "-n", NAMESPACE, "-o", "json")
+        result: dict[str, Any] = json.loads(out.stdout)
+        return result
+
+    def phase() -> str:
+        return str(sandbox().get("status", {}).get("phase"))
+
+    running = wait("Running", lambda: phase() == "Running" and sandbox())
+    print(f"    Running on {running['status']['nodeName']} at {running['status']['podIP']}")
+    secret = json.loads(
+        handle.kubectl("get", "secret", f"{NAME}-token", "-n", NAMESPACE, "-o", "json").stdout
+    )
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    url = f"{router}/sandboxes/{NAMESPACE}/{NAME}/hello"
+
+    step(f"two requests through the router: GET {url}")
+    for _ in range(2):
+        status, body, seconds = wait(
+            "an answer", lambda: (r := request(url, token))[0] == 200 and r
+        )
+        print(f"    {status} in {seconds * 1000:.0f} ms: {body}")
+    print(f"    without the token: {request(url, 'wrong')[0]}")
+
+    step(f"waiting for the sandbox to go idle ({IDLE_TIMEOUT}) and hibernate")
+    wait("Hibernated", lambda: phase() == "Hibernated", timeout=120)
+    gone = handle.kubectl("get", "pod", NAME, "-n", NAMESPACE, check=False).returncode != 0
+    print(f"    Hibernated; pod deleted: {gone}; workspace kept")
+
+    step("a request through the router wakes it")
+    status, body, seconds = request(url, token, timeout=120)
+    print(f"    {status} after {seconds:.2f} s (held while waking): {body}")
+    usage = sandbox()["status"]["usage"]
+    print(f"    usage: {json.dumps(usage)}")
+    events = handle.kubectl(
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--field-selector=involvedObject.kind=Sandbox",
+        "--sort-by=.lastTimestamp",
+    ).stdout
+    print("\n" + events)
+    print("The cluster keeps running: `make dev-down` stops it.")
+    return 0 if status == 200 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

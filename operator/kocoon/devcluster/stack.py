@@ -1,0 +1,124 @@
+"""Kocoon on the local cluster: CRDs, the chart's RBAC, and the operator, router and agent
+as processes on this machine, each with exactly the permissions the chart grants it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kocoon.devcluster import binaries
+from kocoon.devcluster.cluster import Cluster, project_root
+from kocoon.devcluster.processes import free_port
+
+NAMESPACE = "kocoon-system"
+RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def _root() -> Path:
+    root = project_root()
+    if root is None:
+        raise FileNotFoundError(
+            "the Kocoon project files (crds/, charts/) are not next to the package"
+        )
+    return root
+
+
+def install_crds(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(_root() / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
+
+
+def chart_rbac(component: str) -> list[dict[str, Any]]:
+    """The RBAC objects the chart renders for one component (operator, router, agent)."""
+    rendered = subprocess.run(
+        [
+            str(binaries.find("helm")),
+            "template",
+            "kocoon",
+            str(_root() / "charts" / "kocoon"),
+            "--namespace",
+            NAMESPACE,
+            "--show-only",
+            f"templates/{component}.yaml",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] in RBAC_KINDS]
+
+
+def component_kubeconfig(cluster: Cluster, component: str, directory: Path) -> Path:
+    """Install the chart's RBAC for `component` and return a kubeconfig for its account."""
+    cluster.kubectl("create", "namespace", NAMESPACE, check=False)
+    cluster.apply(*chart_rbac(component))
+    return cluster.service_account_kubeconfig(
+        NAMESPACE, f"kocoon-{component}", directory / f"{component}.kubeconfig"
+    )
+
+
+def kocoon_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kocoon.cli", *args]
+
+
+def start_operator(
+    cluster: Cluster, *, webhooks: bool = True, env: dict[str, str] | None = None
+) -> int:
+    directory = Path(cluster.state.directory)
+    kubeconfig = component_kubeconfig(cluster, "operator", directory)
+    environment = {**os.environ, "KOCOON_NAMESPACE": NAMESPACE, **(env or {})}
+    args = ["operator", "--kubeconfig", str(kubeconfig)]
+    if webhooks:
+        environment.update(
+            {
+                "KOCOON_WEBHOOK_ADDR": "127.0.0.1",
+                "KOCOON_WEBHOOK_HOST": "127.0.0.1",
+                "KOCOON_WEBHOOK_PORT": str(free_port()),
+            }
+        )
+        args.append("--webhooks")
+    return cluster.start_process("kocoon-operator", kocoon_command(*args), env=environment)
+
+
+def start_router(cluster: Cluster) -> tuple[int, str]:
+    """Start the router; returns its PID and base URL."""
+    directory = Path(cluster.state.directory)
+    kubeconfig = component_kubeconfig(cluster, "router", directory)
+    port, admin = free_port(), free_port()
+    pid = cluster.start_process(
+        "kocoon-router",
+        kocoon_command(
+            "router",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin-listen",
+            f"127.0.0.1:{admin}",
+            "--activity-interval",
+            "1",
+        ),
+    )
+    cluster.state.ports["kocoon-router"] = port
+    cluster.state.ports["kocoon-router-admin"] = admin
+    cluster.state.save()
+    return pid, f"http://127.0.0.1:{port}"
+
+
+def start_workloads(cluster: Cluster) -> int:
+    """Real servers on the pod IPs of kwok pods (see workloads.py)."""
+    return cluster.start_process(
+        "kocoon-workloads",
+        [
+            sys.executable,
+            "-m",
+            "kocoon.devcluster.workloads",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+        ],
+    )
