@@ -66,11 +66,10 @@ def request(url: str, token: str, timeout: float = 60) -> tuple[int, dict[str, A
         with urllib.request.urlopen(req, timeout=timeout) as response:
             return response.status, json.loads(response.read()), time.monotonic() - started
     except urllib.error.HTTPError as error:
-        return (
-            error.code,
-            {"error": error.read().decode(errors="replace")},
-            time.monotonic() - started,
-        )
+        body = {"error": error.read().decode(errors="replace")}
+        return error.code, body, time.monotonic() - started
+    except urllib.error.URLError as error:  # nothing listening (yet)
+        return 0, {"error": str(error.reason)}, time.monotonic() - started
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import yaml
 
 from kocoon.devcluster import binaries
 from kocoon.devcluster.cluster import Cluster, project_root
-from kocoon.devcluster.processes import free_port
+from kocoon.devcluster.processes import free_port, wait_healthy
 
 NAMESPACE = "kocoon-system"
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
@@ -107,6 +107,14 @@ def start_router(cluster: Cluster) -> tuple[int, str]:
     cluster.state.ports["kocoon-router"] = port
     cluster.state.ports["kocoon-router-admin"] = admin
     cluster.state.save()
+    # Ready once every watch has listed: the routing table is complete.
+    wait_healthy(
+        "kocoon router",
+        f"http://127.0.0.1:{admin}/readyz",
+        pid,
+        cluster.log_path("kocoon-router"),
+        timeout=60,
+    )
     return pid, f"http://127.0.0.1:{port}"
 
 
