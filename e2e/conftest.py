@@ -31,8 +31,17 @@ def kind_cluster() -> Iterator[Path]:
         pytest.skip(f"e2e on kind skipped: {problem}")
     kubeconfig = HERE / ".kubeconfig"
     subprocess.run(
-        ["kind", "create", "cluster", "--config", str(HERE / "kind-config.yaml"),
-         "--kubeconfig", str(kubeconfig), "--wait", "120s"],
+        [
+            "kind",
+            "create",
+            "cluster",
+            "--config",
+            str(HERE / "kind-config.yaml"),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--wait",
+            "120s",
+        ],
         check=True,
     )
     try:

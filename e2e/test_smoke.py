@@ -17,7 +17,10 @@ ROOT = Path(__file__).parent.parent
 def kubectl(kubeconfig: Path, *args: str, input: str | None = None) -> str:
     return subprocess.run(
         ["kubectl", "--kubeconfig", str(kubeconfig), *args],
-        input=input, capture_output=True, text=True, check=True,
+        input=input,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
 
 
@@ -25,9 +28,20 @@ def test_operator_reconciles_a_sandbox_on_kind(kind_cluster: Path) -> None:
     kubectl(kind_cluster, "apply", "--server-side", "-f", str(ROOT / "crds"))
     kubectl(kind_cluster, "apply", "-f", str(ROOT / "gpu" / "runtimeclasses.yaml"))
     subprocess.run(
-        ["helm", "install", "kocoon", str(ROOT / "charts" / "kocoon"), "--kubeconfig",
-         str(kind_cluster), "--namespace", "kocoon-system", "--create-namespace",
-         "--set", "operator.defaultRuntimeClassName=runc", "--wait"],
+        [
+            "helm",
+            "install",
+            "kocoon",
+            str(ROOT / "charts" / "kocoon"),
+            "--kubeconfig",
+            str(kind_cluster),
+            "--namespace",
+            "kocoon-system",
+            "--create-namespace",
+            "--set",
+            "operator.defaultRuntimeClassName=runc",
+            "--wait",
+        ],
         check=True,
     )
     kubectl(kind_cluster, "apply", "-f", str(ROOT / "examples" / "sandbox-code-interpreter.yaml"))
