@@ -88,10 +88,10 @@ def account_usage(
     update: dict[str, Any] = {"accounted_until": now}
     if status.phase is SandboxPhase.RUNNING:
         bucket = "active_seconds" if lifecycle.is_active(observed) else "idle_seconds"
-        update[bucket] = getattr(usage, bucket) + elapsed
-        update["gpu_seconds"] = usage.gpu_seconds + elapsed * gpu_count
+        update[bucket] = round(getattr(usage, bucket) + elapsed, 3)
+        update["gpu_seconds"] = round(usage.gpu_seconds + elapsed * gpu_count, 3)
     elif status.phase is SandboxPhase.HIBERNATED:
-        update["hibernated_seconds"] = usage.hibernated_seconds + elapsed
+        update["hibernated_seconds"] = round(usage.hibernated_seconds + elapsed, 3)
     return usage.model_copy(update=update)
 
 
@@ -352,7 +352,7 @@ async def _write_status(
     if decision.phase != previous:
         if previous is SandboxPhase.WAKING and decision.phase is SandboxPhase.RUNNING:
             usage = status.usage or Usage()
-            latency = (now - (status.phase_since or now)).total_seconds()
+            latency = round((now - (status.phase_since or now)).total_seconds(), 3)
             status.usage = usage.model_copy(
                 update={"wake_count": usage.wake_count + 1, "last_wake_latency_seconds": latency}
             )

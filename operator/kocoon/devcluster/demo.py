@@ -78,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     handle = cluster_module.up()
     print(f'    API server {handle.server}  (eval "$(.venv/bin/kocoon dev env)" for kubectl)')
 
-    step("installing the CRDs and starting the operator, router and workloads")
+    step("installing the CRDs and starting the agent, operator, router and workloads")
     stack.install_crds(handle)
-    stack.start_operator(handle)
+    agent = stack.start_agent(handle)
+    stack.start_operator(handle, env=agent)
     _, router = stack.start_router(handle)
     stack.start_workloads(handle)
     print(f"    router at {router}; logs in {handle.log_path('kocoon-operator').parent}")
