@@ -18,6 +18,16 @@ mkdir -p "$bindir"
 
 log() { printf '[binaries %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
+# wait_for PID SECONDS: true once PID has exited, false if it still runs after SECONDS.
+wait_for() {
+    local pid=$1 i
+    for ((i = 0; i < $2; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 1
+    done
+    ! kill -0 "$pid" 2>/dev/null
+}
+
 # build <module-dir> <version> <binary-name> <main-package> [ldflags...]
 build() {
     local moddir=$1 version=$2 name=$3 pkg=$4; shift 4
@@ -29,7 +39,11 @@ build() {
         mkdir -p "$dest"
         local start=$SECONDS
         (cd "$root/binaries/$moddir" &&
-            go build -trimpath -tags "${BUILD_TAGS:-}" -ldflags "-s -w $*" -o "$dest/$name.tmp" "$pkg")
+            go build -trimpath -tags "${BUILD_TAGS:-}" -ldflags "-s -w $*" -o "$dest/$name.tmp" "$pkg") &
+        local build=$!
+        # A first build is silent for minutes: say it is still going.
+        while ! wait_for "$build" 30; do log "  still building $name ($((SECONDS - start)) s)"; done
+        wait "$build"
         mv "$dest/$name.tmp" "$dest/$name"
         log "built $name in $((SECONDS - start)) s"
     fi
