@@ -61,7 +61,8 @@ dev-down: python
 	$(KOCOON) dev down
 
 bench: setup
-	$(PY) -m bench
+	$(PY) bench/bench_router.py
+	$(PY) bench/bench_checkpoint.py
 
 e2e: python
 	$(PY) -m pytest -m e2e e2e $(PYTEST_ARGS)
