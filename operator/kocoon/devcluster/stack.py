@@ -16,7 +16,7 @@ import yaml
 
 from kocoon.devcluster import binaries
 from kocoon.devcluster.cluster import Cluster, project_root
-from kocoon.devcluster.processes import free_port, wait_healthy
+from kocoon.devcluster.processes import free_port, stop, wait_healthy
 
 NAMESPACE = "kocoon-system"
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
@@ -88,7 +88,15 @@ def start_operator(
     return cluster.start_process("kocoon-operator", kocoon_command(*args), env=environment)
 
 
-def start_router(cluster: Cluster) -> tuple[int, str]:
+def stop_process(cluster: Cluster, name: str) -> None:
+    """Stop a process started with the cluster (operator, router, agent, workloads)."""
+    pid = cluster.state.pids.pop(name, None)
+    if pid is not None:
+        stop(pid)
+        cluster.state.save()
+
+
+def start_router(cluster: Cluster, *extra_args: str) -> tuple[int, str]:
     """Start the router; returns its PID and base URL."""
     directory = Path(cluster.state.directory)
     kubeconfig = component_kubeconfig(cluster, "router", directory)
@@ -105,6 +113,7 @@ def start_router(cluster: Cluster) -> tuple[int, str]:
             f"127.0.0.1:{admin}",
             "--activity-interval",
             "1",
+            *extra_args,
         ),
     )
     cluster.state.ports["kocoon-router"] = port

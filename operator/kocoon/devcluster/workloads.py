@@ -42,10 +42,21 @@ class Workload:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.hits += 1
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._echo(request)
         if request.path.rstrip("/").endswith("/events"):
             return await self._events(request)
         body = {"pod": self.pod, "boot": self.boot_id, "hits": self.hits, "path": request.path}
         return web.json_response(body)
+
+    async def _echo(self, request: web.Request) -> web.StreamResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        async for message in socket:
+            if message.type == web.WSMsgType.TEXT:
+                self.hits += 1
+                await socket.send_json({"pod": self.pod, "echo": message.data, "hits": self.hits})
+        return socket
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -375,6 +375,21 @@ class Proxy:
             )
             return error_response(502, f"{match.key}: backend unreachable ({error})")
 
+    async def _ws_connect_retrying(
+        self, url: str, headers: Mapping[str, str], protocols: list[str]
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Like `_connected`: a just-woken backend may refuse the first connections."""
+        for delay in (*CONNECT_RETRY_DELAYS, None):
+            try:
+                return await self.client.ws_connect(
+                    url, headers=headers, protocols=protocols, max_msg_size=0
+                )
+            except aiohttp.ClientConnectorError:
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
     async def _bridge_websocket(
         self, request: web.Request, match: Match, route: Route
     ) -> web.StreamResponse:
@@ -392,9 +407,7 @@ class Proxy:
         )
         url = self._upstream_url(match, route, request.rel_url.raw_query_string, scheme="ws")
         try:
-            upstream = await self.client.ws_connect(
-                url, headers=headers, protocols=protocols, max_msg_size=0
-            )
+            upstream = await self._ws_connect_retrying(url, headers, protocols)
         except aiohttp.WSServerHandshakeError as error:
             return error_response(
                 502, f"{match.key}: backend refused the WebSocket ({error.status})"
