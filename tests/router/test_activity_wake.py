@@ -145,3 +145,18 @@ async def test_failed_wake_requests_are_retried() -> None:
     with waker.hold(A) as hold:
         assert await hold.wait_ready() is not None
     assert control.calls == 2
+
+
+@pytest.mark.looptime
+async def test_a_held_request_times_out_exactly_at_the_wake_timeout(looptime: float) -> None:
+    # Virtual time: 30 s of waiting take no real time, and the deadline is exact.
+    table = RoutingTable()
+    table.upsert_backend(A, BackendView("Hibernated", False, ()))
+    waker = Waker(table, LocalControl(table, delay=3600), WakeConfig(timeout=30, retry_after=5))
+    start = asyncio.get_running_loop().time()
+    with waker.hold(A) as hold:
+        assert await hold.wait_ready(10) is None
+        assert asyncio.get_running_loop().time() - start == pytest.approx(10)
+        with pytest.raises(WakeTimedOut):
+            await hold.wait_ready()
+    assert asyncio.get_running_loop().time() - start == pytest.approx(30)

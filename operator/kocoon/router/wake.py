@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -27,6 +26,11 @@ DEFAULT_QUEUE_PER_TARGET = 1000
 DEFAULT_QUEUE_TOTAL = 10000
 DEFAULT_RETRY_AFTER_SECONDS = 5
 WAKE_RETRY_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0)
+
+
+def _clock() -> float:
+    # The event loop's clock: the same one timeouts wait on, and one tests can fast-forward.
+    return asyncio.get_running_loop().time()
 
 
 class WakeControl(Protocol):
@@ -72,7 +76,7 @@ class _Pending:
     waiters: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     wake_task: asyncio.Task[None] | None = None
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=_clock)
 
 
 @dataclass
@@ -123,7 +127,7 @@ class Waker:
         self.held_total += 1
         if self.callbacks.on_held:
             self.callbacks.on_held(self.held_total)
-        return Hold(self, key, pending, time.monotonic() + self.config.timeout)
+        return Hold(self, key, pending, _clock() + self.config.timeout)
 
     def _release(self, hold: Hold) -> None:
         pending = hold.pending
@@ -132,7 +136,7 @@ class Waker:
         if self.callbacks.on_held:
             self.callbacks.on_held(self.held_total)
         if self.callbacks.on_released:
-            self.callbacks.on_released(hold.key, time.monotonic() - hold.started)
+            self.callbacks.on_released(hold.key, _clock() - hold.started)
         if pending.waiters == 0 and self.pending.get(hold.key) is pending:
             # The next request after this starts a new wait (and a new, idempotent request).
             del self.pending[hold.key]
@@ -178,7 +182,7 @@ class Hold:
         self.key = key
         self.pending = pending
         self.deadline = deadline
-        self.started = time.monotonic()
+        self.started = _clock()
         self._released = False
 
     def __enter__(self) -> Hold:
@@ -193,7 +197,7 @@ class Hold:
             self.waker._release(self)
 
     def remaining(self) -> float:
-        return max(0.0, self.deadline - time.monotonic())
+        return max(0.0, self.deadline - _clock())
 
     async def wait_ready(self, at_most: float | None = None) -> Route | None:
         """The route once it is forwardable; None if `at_most` seconds pass first.
@@ -202,7 +206,7 @@ class Hold:
         or fails meanwhile.
         """
         limit = self.remaining() if at_most is None else min(at_most, self.remaining())
-        until = time.monotonic() + limit
+        until = _clock() + limit
         while True:
             route = self.waker.table.resolve(self.key)
             if route is None:
@@ -211,7 +215,7 @@ class Hold:
                 raise TargetGone(f"{self.key} is {route.phase}")
             if route.forwardable:
                 return route
-            left = until - time.monotonic()
+            left = until - _clock()
             if left <= 0:
                 if self.remaining() <= 0:
                     raise WakeTimedOut(
