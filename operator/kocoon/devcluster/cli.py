@@ -7,14 +7,19 @@ import json
 import logging
 import sys
 
-from kocoon.devcluster import binaries, cluster, processes
+from kocoon.devcluster import binaries, cluster, images, processes, realnode
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kocoon dev", description=__doc__)
     parser.add_argument("--name", default=cluster.DEFAULT_NAME, help="cluster name (default: dev)")
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("up", help="start the local cluster (reuses it if it already runs)")
+    up = sub.add_parser("up", help="start the local cluster (reuses it if it already runs)")
+    up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also run this machine as a real node (kubelet + containerd; setup/node.sh first)",
+    )
     sub.add_parser("down", help="stop every process of the cluster and remove its files")
     status = sub.add_parser("status", help="show the cluster's components and nodes")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -27,7 +32,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         if args.action == "up":
-            handle = cluster.up(args.name)
+            handle = cluster.up(args.name, real_node=args.real_node)
             timings = handle.state.timings
             print(
                 f"cluster {handle.name!r} ready at {handle.server} "
@@ -58,6 +63,11 @@ def main(argv: list[str]) -> int:
                 print(f"  {name:<24} {condition}")
             print(f"  nodes: {', '.join(report['nodes'])}")
         return 0 if all(v == "running" for v in report["components"].values()) else 1
-    except (binaries.MissingBinaryError, processes.ComponentFailedError) as error:
+    except (
+        binaries.MissingBinaryError,
+        processes.ComponentFailedError,
+        realnode.RealNodeError,
+        images.ImageBuildError,
+    ) as error:
         print(f"kocoon dev {args.action}: {error}", file=sys.stderr)
         return 1

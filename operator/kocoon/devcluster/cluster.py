@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from kocoon.devcluster import binaries, nodes, pki, processes
+from kocoon.devcluster import binaries, nodes, pki, processes, realnode
 
 log = logging.getLogger("kocoon.devcluster")
 
@@ -267,12 +267,19 @@ def up(
     *,
     nodes_spec: tuple[nodes.NodeSpec, ...] = nodes.DEFAULT_NODES,
     extra_manifests: tuple[Path, ...] = (),
+    real_node: bool = False,
 ) -> Cluster:
-    """Start a local cluster named `name` and return a handle once its nodes are Ready."""
+    """Start a local cluster named `name` and return a handle once its nodes are Ready.
+
+    With `real_node`, this machine also joins as a real node (kubelet + containerd), see
+    `realnode`.
+    """
     existing = ClusterState.load(name)
     if existing is not None:
         cluster = Cluster(existing)
         if cluster.healthy():
+            if real_node and realnode.KUBELET not in existing.pids:
+                _start_real_node(cluster)
             return cluster
         down(name)
 
@@ -291,6 +298,8 @@ def up(
     state.save()
     try:
         _start_all(state, nodes_spec, extra_manifests)
+        if real_node:
+            realnode.start(Cluster(state))
     except BaseException:
         log.error("start-up failed; logs were in %s", directory / "logs")
         down(name)
@@ -298,6 +307,14 @@ def up(
     state.timings["total"] = round(time.monotonic() - began, 2)
     state.save()
     return Cluster(state)
+
+
+def _start_real_node(cluster: Cluster) -> None:
+    try:
+        realnode.start(cluster)
+    except BaseException:
+        realnode.stop(cluster.state)
+        raise
 
 
 def _start_all(
@@ -323,6 +340,10 @@ def _start_all(
     )
     _write(starter.pki / "apiserver.crt", serving.cert_pem, 0o644)
     _write(starter.pki / "apiserver.key", serving.key_pem)
+    # The API server's identity towards kubelets (logs, exec, node proxy on a real node).
+    kubelet_client = pki.issue(ca, "kube-apiserver-kubelet-client", client=True)
+    _write(starter.pki / "apiserver-kubelet-client.crt", kubelet_client.cert_pem, 0o644)
+    _write(starter.pki / "apiserver-kubelet-client.key", kubelet_client.key_pem)
     sa_private, sa_public = pki.new_service_account_key()
     _write(starter.pki / "sa.key", sa_private)
     _write(starter.pki / "sa.pub", sa_public, 0o644)
@@ -386,6 +407,9 @@ def _start_all(
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             f"--cert-dir={d / 'apiserver-certs'}",
+            f"--kubelet-client-certificate={pki_dir / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki_dir / 'apiserver-kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
         ],
         f"{server}/readyz",
         tls,
@@ -511,6 +535,9 @@ def down(name: str = DEFAULT_NAME) -> bool:
     state = ClusterState.load(name)
     if state is None:
         return False
+    # The real node first: its containers, mounts, bridge and cgroups go with its processes.
+    if realnode.layout(state).directory.exists():
+        realnode.stop(state)
     # Processes started on top of the control plane (operator, router, agent, ...) go first.
     extras = [name for name in state.pids if name not in COMPONENT_ORDER]
     for component in [*extras, *reversed(COMPONENT_ORDER)]:
