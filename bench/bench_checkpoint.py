@@ -21,11 +21,8 @@ import contextlib
 import json
 import os
 import platform
-import secrets
 import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -37,8 +34,10 @@ from typing import Any
 
 import aiohttp
 
-from kocoon.agent import crypto, tls
+from kocoon.agent import crypto
+from kocoon.agent import local as local_agent
 from kocoon.agent.criu import find_criu
+from kocoon.devcluster.processes import free_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GIB = 1 << 30
@@ -183,40 +182,14 @@ def raw_round(criu: Path, work: Path, store: Path, megabytes: int, run: int) -> 
 
 class Agent:
     def __init__(self, root: Path, store: Path, scratch: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        cert, key, token_file = root / "tls.crt", root / "tls.key", root / "token"
-        tls.write_self_signed(cert, key, ["127.0.0.1"])
-        self.token = secrets.token_urlsafe(24)
-        token_file.write_text(self.token)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        creds = local_agent.credentials(root)
+        self.token = creds.token
+        port = free_port()
         self.url = f"https://127.0.0.1:{port}"
-        self.ssl = ssl.create_default_context(cafile=str(cert))
+        self.ssl = creds.client_context()
         self.log = (root / "agent.log").open("wb")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kocoon.cli",
-                "agent",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--tls-cert",
-                str(cert),
-                "--tls-key",
-                str(key),
-                "--token-file",
-                str(token_file),
-                "--state-dir",
-                str(store),
-                "--scratch-dir",
-                str(scratch),
-                "--node-name",
-                "bench",
-            ],
+            local_agent.command(creds, port, store, node_name="bench", scratch_dir=scratch),
             stdin=subprocess.DEVNULL,
             stdout=self.log,
             stderr=subprocess.STDOUT,

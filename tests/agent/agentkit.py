@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from kocoon.agent import local as local_agent
 from kocoon.agent import tls
 from kocoon.agent.api import build_app
 from kocoon.agent.auth import BearerTokenAuthenticator
@@ -59,13 +58,8 @@ class AgentHandle:
 
 
 def credentials(root: Path) -> tuple[Path, Path, Path, str, ssl.SSLContext]:
-    root.mkdir(parents=True, exist_ok=True)
-    cert, key, token_file = root / "tls.crt", root / "tls.key", root / "token"
-    tls.write_self_signed(cert, key, ["localhost", "127.0.0.1"])
-    token = secrets.token_urlsafe(24)
-    token_file.write_text(token + "\n")
-    client_ssl = ssl.create_default_context(cafile=str(cert))
-    return cert, key, token_file, token, client_ssl
+    creds = local_agent.credentials(root)
+    return creds.cert, creds.key, creds.token_file, creds.token, creds.client_context()
 
 
 @asynccontextmanager
@@ -97,31 +91,13 @@ async def agent_process(
     root: Path, scratch: Path | None = None, extra_args: list[str] | None = None
 ) -> AsyncIterator[AgentHandle]:
     """`kocoon agent` as its own process, the way the DaemonSet runs it."""
-    cert, key, token_file, token, client_ssl = credentials(root)
+    creds = local_agent.credentials(root)
+    token, client_ssl = creds.token, creds.client_context()
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "kocoon.cli",
-        "agent",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--tls-cert",
-        str(cert),
-        "--tls-key",
-        str(key),
-        "--token-file",
-        str(token_file),
-        "--state-dir",
-        str(root / "state"),
-        "--node-name",
-        "test-node",
-    ]
-    if scratch is not None:
-        argv += ["--scratch-dir", str(scratch)]
-    argv += extra_args or []
+    argv = local_agent.command(
+        creds, port, root / "state", node_name="test-node", scratch_dir=scratch,
+        extra_args=tuple(extra_args or ()),
+    )  # fmt: skip
     log = (root / "agent.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

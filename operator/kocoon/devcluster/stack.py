@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from kocoon.agent import local as local_agent
 from kocoon.devcluster import binaries
 from kocoon.devcluster.cluster import Cluster, project_root
 from kocoon.devcluster.processes import free_port, stop, wait_healthy
@@ -147,47 +146,18 @@ def start_workloads(cluster: Cluster) -> int:
 def start_agent(cluster: Cluster) -> dict[str, str]:
     """Start the node agent on this machine for the cluster's nodes; returns the operator's
     environment for reaching it (endpoint, token, CA)."""
-    from kocoon.agent import tls
-
     directory = Path(cluster.state.directory) / "agent"
-    directory.mkdir(parents=True, exist_ok=True)
-    cert, key, token = directory / "tls.crt", directory / "tls.key", directory / "token"
-    if not cert.exists():
-        tls.write_self_signed(cert, key, ["localhost", "127.0.0.1"])
-    if not token.exists():
-        token.write_text(secrets.token_urlsafe(32))
-        token.chmod(0o600)
+    creds = local_agent.credentials(directory)
     port = free_port()
     pid = cluster.start_process(
-        "kocoon-agent",
-        kocoon_command(
-            "agent",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--tls-cert",
-            str(cert),
-            "--tls-key",
-            str(key),
-            "--token-file",
-            str(token),
-            "--node-name",
-            "local",
-            "--state-dir",
-            str(directory / "state"),
-        ),
+        "kocoon-agent", local_agent.command(creds, port, directory / "state")
     )
     wait_healthy(
-        "kocoon agent",
-        f"https://127.0.0.1:{port}/healthz",
-        pid,
-        cluster.log_path("kocoon-agent"),
-        context=ssl.create_default_context(cafile=str(cert)),
-        timeout=30,
-    )
+        "kocoon agent", f"https://127.0.0.1:{port}/healthz", pid,
+        cluster.log_path("kocoon-agent"), context=creds.client_context(), timeout=30,
+    )  # fmt: skip
     return {
         "KOCOON_AGENT_ENDPOINTS": json.dumps({"*": f"https://127.0.0.1:{port}"}),
-        "KOCOON_AGENT_TOKEN_FILE": str(token),
-        "KOCOON_AGENT_CA_FILE": str(cert),
+        "KOCOON_AGENT_TOKEN_FILE": str(creds.token_file),
+        "KOCOON_AGENT_CA_FILE": str(creds.cert),
     }
