@@ -3,7 +3,9 @@
 #   - containerd 2.x, its runc shim and ctr, built from the Go module in binaries/containerd
 #     and cached like the other pinned binaries;
 #   - runc, the CNI plugins, iptables, busybox and debootstrap from Debian's packages;
-#   - CRIU through setup/criu.sh (the kubelet checkpoint API and the agent need it).
+#   - CRIU: setup/criu.sh's build deps, and CRIU 4.2.1 from Debian's unstable source package,
+#     because kernels from 6.16 refuse SO_PASSCRED on TCP sockets and CRIU 4.1.1 then fails to
+#     checkpoint any process with a TCP socket ("Can't get 1:16 opt: Operation not supported").
 # The container images themselves are built by `kocoon dev images` (cached by content).
 # Only the node tier needs this; `make test` without the node tier never runs it.
 #
@@ -69,9 +71,69 @@ export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 export CGO_ENABLED=0
 mkdir -p "$bindir"
 
+# The Debian mirror this machine already uses: the first non-security URI of its apt sources.
+debian_mirror() {
+    local f uri
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -f $f ]] || continue
+        uri=$(awk 'tolower($1) == "uris:" { for (i = 2; i <= NF; i++) print $i }' "$f" |
+            grep -v -- '-security' | head -n1 || true)
+        [[ -n $uri ]] && { echo "${uri%/}"; return 0; }
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -f $f ]] || continue
+        uri=$(awk '$1 == "deb" || $1 == "deb-src" {
+                for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }' "$f" |
+            grep -v -- '-security' | head -n1 || true)
+        [[ -n $uri ]] && { echo "${uri%/}"; return 0; }
+    done
+    return 1
+}
+
+CRIU_VERSION=4.2.1
+CRIU_DEBIAN_VERSION=4.2.1-1
+CRIU_SUITE=sid
+criu_prefix=$cache/criu-$CRIU_VERSION
+
+# Only the criu binary: runc drives it as a program (4.2's install-lib also wants pip).
+build_criu() {
+    local work mirror apt_dir begun
+    work=$(mktemp -d)
+    mirror=$(debian_mirror) || die "no Debian mirror in /etc/apt/sources.list.d/*.sources or sources.list; add one"
+    apt_dir=$work/apt
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+    echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $CRIU_SUITE main" \
+        >"$apt_dir/sources.list"
+    printf '%s\n' "Dir::Etc::SourceList \"$apt_dir/sources.list\";" \
+        'Dir::Etc::SourceParts "/nonexistent";' "Dir::State::Lists \"$apt_dir/lists\";" \
+        "Dir::Cache \"$apt_dir/cache\";" 'APT::Sandbox::User "root";' >"$apt_dir/apt.conf"
+    log "downloading criu=$CRIU_DEBIAN_VERSION source ($CRIU_SUITE) from $mirror"
+    APT_CONFIG=$apt_dir/apt.conf apt-get update -qq
+    (cd "$work" && APT_CONFIG=$apt_dir/apt.conf apt-get source --download-only -qq \
+        "criu=$CRIU_DEBIAN_VERSION" >/dev/null 2>&1) || true
+    compgen -G "$work/criu_$CRIU_VERSION.orig.tar.*" >/dev/null ||
+        die "criu_$CRIU_VERSION.orig.tar.* was not downloaded from $mirror ($CRIU_SUITE)"
+    tar -C "$work" -xf "$work"/criu_"$CRIU_VERSION".orig.tar.*
+    begun=$SECONDS
+    log "building criu $CRIU_VERSION"
+    make -C "$work/criu-$CRIU_VERSION" -j2 criu >"$work/build.log" 2>&1 ||
+        { tail -n 30 "$work/build.log" >&2; die "criu build failed"; }
+    rm -rf "$criu_prefix.tmp"
+    install -D -m 0755 "$work/criu-$CRIU_VERSION/criu/criu" "$criu_prefix.tmp/bin/criu"
+    rm -rf "$criu_prefix"
+    mv "$criu_prefix.tmp" "$criu_prefix"
+    rm -rf "$work"
+    log "built criu $CRIU_VERSION in $((SECONDS - begun)) s"
+}
+
 start=$SECONDS
 apt_install "${PACKAGES[@]}"
+# Build dependencies, runc and iptables, and the CRIU 4.1.1 the other tiers use.
 bash "$root/setup/criu.sh"
+if ! { [[ -x $criu_prefix/bin/criu ]] && "$criu_prefix/bin/criu" check >/dev/null 2>&1; }; then
+    build_criu
+fi
+"$criu_prefix/bin/criu" check >/dev/null 2>&1 || die "criu check fails with $criu_prefix/bin/criu"
 
 CONTAINERD_VERSION=$(cd "$moddir" && go list -m -f '{{.Version}}' github.com/containerd/containerd/v2)
 pkgbase=github.com/containerd/containerd/v2
@@ -84,5 +146,6 @@ build ctr "$pkgbase/cmd/ctr" "$daemon_tags" "$ldflags"
 
 log "containerd: $("$bindir/containerd" --version)"
 log "runc: $(runc --version | head -n1)"
+log "criu: $criu_prefix/bin/criu ($("$criu_prefix/bin/criu" --version | head -n1))"
 log "CNI plugins: $(dpkg-query -W -f='${Version}' containernetworking-plugins) in /usr/lib/cni"
 log "ready in $((SECONDS - start)) s"
