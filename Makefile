@@ -8,7 +8,7 @@ KOCOON := $(VENV)/bin/kocoon
 PYTEST_ARGS ?=
 
 .PHONY: help setup python binaries criu system crds crds-check lint test test-unit \
-        test-integration test-criu dev dev-down bench e2e clean
+        test-integration test-criu node-setup test-node dev dev-down bench e2e clean
 
 help:
 	@echo "make dev        set up, start the local cluster with the operator, run a session's life"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench      run the benchmarks in bench/"
 	@echo "make e2e        end-to-end tests on kind (needs a Docker engine)"
 	@echo "make dev-down   stop the local cluster started by make dev"
+	@echo "make test-node  the real-node tier (kubelet, containerd, runc, CRIU on this machine)"
 
 python:
 	@bash setup/python.sh
@@ -53,6 +54,15 @@ test-integration: python binaries
 
 test-criu: python criu
 	$(PY) -m pytest -m criu $(PYTEST_ARGS)
+
+# The real node (kubelet + containerd + runc + CRIU on this machine): containerd, CRIU 4.2.1,
+# runc and CNI plugins (setup/node.sh), then the local images (cached by content).
+node-setup: python binaries
+	@bash setup/node.sh
+	$(PY) -m kocoon.devcluster.images
+
+test-node: node-setup
+	$(PY) -m pytest -m node $(PYTEST_ARGS)
 
 dev: setup
 	$(PY) -m kocoon.devcluster.demo

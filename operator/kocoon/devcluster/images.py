@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -460,3 +461,24 @@ def build_all(names: Iterable[str] = tuple(RECIPES)) -> dict[str, Path]:
             archives[name],
         )
     return archives
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m kocoon.devcluster.images [name...]`: build the images ahead of `up`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    names = argv if argv is not None else sys.argv[1:]
+    unknown = [name for name in names if name not in RECIPES]
+    if unknown:
+        print(f"unknown image(s) {unknown}: choose from {sorted(RECIPES)}", file=sys.stderr)
+        return 2
+    try:
+        for name, path in build_all(names or tuple(RECIPES)).items():
+            print(f"{reference(name)} {path}")
+    except ImageBuildError as error:
+        print(f"images: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
