@@ -123,3 +123,31 @@ async def test_forgetting_a_sandbox_deletes_its_checkpoints_and_key(tmp_path: Pa
         assert not (tmp_path / "keys" / "team-a_s1.key").exists()
         _, listed = await agent.call("GET", "/v1/checkpoints")
         assert [r["id"] for r in listed["items"]] == [kept["id"]]
+
+
+async def test_asking_again_is_safe_for_checkpoint_and_restore(tmp_path: Path) -> None:
+    # An operator that crashed after asking asks again with the same id: it must get the
+    # stored checkpoint back, and a restore that already happened must not happen twice.
+    async with in_process_agent(tmp_path) as agent:
+        request = {"sandbox": SANDBOX, "driver": "filesystem", "id": "s1-podabc"}
+        first_status, first = await agent.call("POST", "/v1/checkpoints", request)
+        again_status, again = await agent.call("POST", "/v1/checkpoints", request)
+        assert first_status in (200, 201)
+        assert again_status in (200, 201)
+        assert again["id"] == first["id"] == "s1-podabc"
+        assert again["created"] == first["created"]
+        other = {
+            "sandbox": {"namespace": "team-b", "name": "x"},
+            "driver": "filesystem",
+            "id": "s1-podabc",
+        }
+        refused_status, refused = await agent.call("POST", "/v1/checkpoints", other)
+        assert refused_status == 400
+        assert "belongs to team-a/s1" in refused["message"]
+
+        path = "/v1/checkpoints/s1-podabc/restore"
+        status, restored = await agent.call("POST", path, {})
+        assert status == 200, restored
+        status, repeated = await agent.call("POST", path, {})
+        assert status == 200
+        assert repeated == restored

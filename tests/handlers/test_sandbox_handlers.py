@@ -142,11 +142,11 @@ async def create_sandbox(ctx: context.OperatorContext, **spec: Any) -> None:
     )
 
 
-def mark_pod_running(k: kmock.KubernetesEmulator) -> None:
+def mark_pod_running(k: kmock.KubernetesEmulator, uid: str = "pod-uid-1") -> None:
     pod = k.objects["v1/pods", NS, NAME]
     pod.patch(
         {
-            "metadata": {"uid": "pod-uid-1"},
+            "metadata": {"uid": uid},
             "spec": {"nodeName": "n1"},
             "status": {
                 "phase": "Running",
@@ -206,3 +206,153 @@ async def test_idle_timeout_hibernates_exactly_when_due(
     assert stored(k, "v1/pods") is None
     await sandbox.reconcile(ctx, NS, NAME)
     assert stored(k, SANDBOXES)["status"]["phase"] == "Hibernated"  # type: ignore[index]
+
+
+class RecordingAgent:
+    """An agent that keeps checkpoints in memory and can be told to fail a restore."""
+
+    def __init__(self, restore_fails: bool = False) -> None:
+        self.stored: dict[str, Checkpoint] = {}
+        self.released: list[str] = []
+        self.restored: list[str] = []
+        self.restore_fails = restore_fails
+
+    async def checkpoint(self, target: Target, checkpoint_id: str) -> Checkpoint:
+        # The agent's contract: the same id again returns the stored checkpoint.
+        return self.stored.setdefault(
+            checkpoint_id, Checkpoint(id=checkpoint_id, node=target.node, size_bytes=1024)
+        )
+
+    async def restore(self, target: Target, checkpoint: Checkpoint) -> None:
+        if self.restore_fails:
+            from kocoon.controllers.checkpoints import CheckpointFailed
+
+            raise CheckpointFailed("ArchiveCorrupt: chunk 3 failed authentication")
+        # The agent's contract: restoring the same checkpoint again answers, does not redo.
+        if checkpoint.id not in self.restored:
+            self.restored.append(checkpoint.id)
+
+    async def release(self, namespace: str, checkpoint: Checkpoint) -> None:
+        self.stored.pop(checkpoint.id, None)
+        self.released.append(checkpoint.id)
+
+
+class Crash(Exception):
+    """Stands for the operator dying at a failpoint."""
+
+
+async def settle(
+    ctx: context.OperatorContext, k: kmock.KubernetesEmulator, rounds: int = 8
+) -> None:
+    """Reconcile until nothing changes, bringing any new pod up as kwok would."""
+    for _ in range(rounds):
+        pod = stored(k, "v1/pods")
+        if pod is not None and pod.get("status", {}).get("phase") != "Running":
+            mark_pod_running(k, uid=f"pod-{len(str(pod))}")
+        await sandbox.reconcile(ctx, NS, NAME)
+
+
+def phase(k: kmock.KubernetesEmulator) -> str:
+    return str(stored(k, SANDBOXES)["status"]["phase"])  # type: ignore[index]
+
+
+async def test_memory_hibernation_round_trip_releases_what_it_restored(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    agent = RecordingAgent()
+    ctx.checkpointer = agent
+    await create_sandbox(ctx, hibernation="memory", operatingMode="Hibernated")
+    await sandbox.reconcile(ctx, NS, NAME)
+    await settle(ctx, k)
+    assert phase(k) == "Hibernated"
+    # It never ran (created hibernated), so there was nothing to checkpoint.
+    assert agent.stored == {}
+
+    k.objects[SANDBOXES, NS, NAME].patch({"spec": {"operatingMode": "Running"}})
+    await settle(ctx, k)
+    assert phase(k) == "Running"
+    k.objects[SANDBOXES, NS, NAME].patch({"spec": {"operatingMode": "Hibernated"}})
+    await settle(ctx, k)
+    assert phase(k) == "Hibernated"
+    status = stored(k, SANDBOXES)["status"]  # type: ignore[index]
+    checkpoint_id = status["checkpoint"]["id"]
+    assert list(agent.stored) == [checkpoint_id]
+
+    k.objects[SANDBOXES, NS, NAME].patch({"spec": {"operatingMode": "Running"}})
+    await settle(ctx, k)
+    assert phase(k) == "Running"
+    assert agent.restored == [checkpoint_id]
+    assert agent.released == [checkpoint_id]  # spent once restored: nothing leaks
+    assert "checkpoint" not in stored(k, SANDBOXES)["status"]  # type: ignore[index]
+
+
+async def test_a_failed_restore_wakes_cold_and_says_why(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    agent = RecordingAgent(restore_fails=True)
+    ctx.checkpointer = agent
+    await create_sandbox(ctx, hibernation="memory")
+    await settle(ctx, k)
+    k.objects[SANDBOXES, NS, NAME].patch({"spec": {"operatingMode": "Hibernated"}})
+    await settle(ctx, k)
+    assert phase(k) == "Hibernated"
+    k.objects[SANDBOXES, NS, NAME].patch({"spec": {"operatingMode": "Auto"}})
+    k.objects["coordination.k8s.io/v1/leases", NS, f"kocoon-activity-sandbox-{NAME}"].patch(
+        {"metadata": {"annotations": {"kocoon.io/wake-requested-at": "2026-11-23T12:00:00Z"}}}
+    )
+    await settle(ctx, k)
+    assert phase(k) == "Running"
+    conditions = {c["type"]: c for c in stored(k, SANDBOXES)["status"]["conditions"]}  # type: ignore[index]
+    assert conditions["CheckpointAvailable"]["reason"] == "WokeCold"
+    assert "ArchiveCorrupt" in conditions["CheckpointAvailable"]["message"]
+    assert agent.stored == {}  # released, not leaked
+
+
+@pytest.mark.parametrize(
+    "failpoint",
+    [
+        "after:Checkpoint",
+        "after:DeletePod",
+        "after:CreatePod",
+        "after:Restore",
+        "before-status:Hibernated",
+        "before-status:Running",
+    ],
+)
+async def test_a_crash_at_any_memory_step_converges_without_leaks(
+    emulator: tuple[kmock.KubernetesEmulator, str],
+    ctx: context.OperatorContext,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    failpoint: str,
+) -> None:
+    k, _ = emulator
+    agent = RecordingAgent()
+    ctx.checkpointer = agent
+    await create_sandbox(ctx, hibernation="memory")
+    await settle(ctx, k)
+
+    crashed: list[str] = []
+
+    def hit(point: str) -> None:
+        if point == failpoint and not crashed:
+            crashed.append(point)
+            raise Crash(point)
+
+    monkeypatch.setattr(sandbox.failpoints, "hit", hit)
+    for mode in ("Hibernated", "Running"):
+        k.objects[SANDBOXES, NS, NAME].patch({"spec": {"operatingMode": mode}})
+        for _ in range(10):
+            try:
+                await settle(ctx, k, rounds=1)
+            except Crash:
+                # A fresh operator: no memory of the crashed one but what is in the cluster.
+                ctx = context.OperatorContext(
+                    api=ctx.api, config=ctx.config, build=ctx.build, checkpointer=agent
+                )
+        assert phase(k) == ("Hibernated" if mode == "Hibernated" else "Running"), failpoint
+    assert crashed == [failpoint]
+    assert agent.stored == {}, "a checkpoint leaked"
+    assert len(agent.restored) == 1

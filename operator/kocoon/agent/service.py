@@ -241,8 +241,16 @@ class CheckpointService:
 
     async def restore(self, checkpoint_id: str, request: RestoreRequest) -> RestoreResult:
         record = self.store.get(checkpoint_id)
+        done = self.store.restore_result(checkpoint_id)
+        if done is not None and request.container_id in (None, done.container_id):
+            # Asked again after a caller's crash: the processes already run; restoring twice
+            # would start them twice. Answer what the first restore answered.
+            log.info("restore: already done", extra={"checkpoint": checkpoint_id})
+            return done
         try:
-            return await self._restore(record, request)
+            result = await self._restore(record, request)
+            self.store.save_restore_result(checkpoint_id, result)
+            return result
         except AgentError as exc:
             metrics.FAILURES_TOTAL.labels(metrics.OPERATION_RESTORE, exc.reason).inc()
             log.warning(

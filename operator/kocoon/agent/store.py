@@ -30,10 +30,12 @@ from typing import BinaryIO
 
 from kocoon.agent import crypto
 from kocoon.agent.errors import ArchiveCorrupt, NotFound
-from kocoon.agent.models import CheckpointRecord, SandboxRef
+from kocoon.agent.models import CheckpointRecord, RestoreResult, SandboxRef
 
 ARCHIVE_NAME = "archive.kckp"
 META_NAME = "meta.json"
+# Written after a successful restore, so a repeated request is answered, not redone.
+RESTORED_NAME = "restored.json"
 PARTIAL_PREFIX = ".partial-"
 _COPY_BYTES = 1 << 20
 _QUEUE_DEPTH = 8
@@ -279,6 +281,17 @@ class CheckpointStore:
 
     def extract(self, record: CheckpointRecord, dest: Path, data_key: bytes) -> None:
         extract_archive(self.archive_path(record.id), dest, data_key, record.sha256)
+
+    def restore_result(self, checkpoint_id: str) -> RestoreResult | None:
+        """What the restore of this checkpoint answered, if it has been restored."""
+        path = self._dir(checkpoint_id) / RESTORED_NAME
+        if not path.is_file():
+            return None
+        return RestoreResult.model_validate_json(path.read_text())
+
+    def save_restore_result(self, checkpoint_id: str, result: RestoreResult) -> None:
+        path = self._dir(checkpoint_id) / RESTORED_NAME
+        path.write_text(result.model_dump_json(by_alias=True))
 
     def delete(self, checkpoint_id: str) -> None:
         self.get(checkpoint_id)
