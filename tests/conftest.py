@@ -94,6 +94,27 @@ def stop_operator(operator: OperatorProcess) -> None:
         operator.process.wait()
 
 
+# Namespaces tests create; the operator fixture deletes them before it stops, so the
+# finalizers of what they hold are handled and the next module's operator starts clean.
+CREATED_NAMESPACES: list[str] = []
+
+
+def delete_created_namespaces(cluster: Cluster) -> None:
+    names = list(CREATED_NAMESPACES)
+    CREATED_NAMESPACES.clear()
+    if names:
+        cluster.kubectl(
+            "delete",
+            "namespace",
+            *names,
+            "--wait=true",
+            "--timeout=60s",
+            "--ignore-not-found",
+            check=False,
+            timeout=90,
+        )
+
+
 @pytest.fixture(scope="module")
 def operator(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
@@ -104,6 +125,7 @@ def operator(
     try:
         yield running
     finally:
+        delete_created_namespaces(cluster)
         stop_operator(running)
         problems = [line for line in running.output().splitlines() if '"level": "error"' in line]
         if problems:

@@ -209,7 +209,9 @@ def _awake(observed: Observed, phase: SandboxPhase) -> Decision:
     pod = observed.pod
     asleep, why = wants_asleep(observed)
     clear = (Action.CLEAR_WAKE_REQUEST,) if wake_requested(observed) else ()
-    if asleep and why is not None:
+    # Idle is a property of a running sandbox: one still starting has not been used yet.
+    idle_while_running = why is Reason.IDLE_TIMEOUT and phase is SandboxPhase.RUNNING
+    if asleep and why is not None and (why is Reason.REQUESTED_BY_USER or idle_while_running):
         return Decision(
             SandboxPhase.HIBERNATING,
             clear,

@@ -9,11 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from kocoon.devcluster import Cluster
+from tests.conftest import CREATED_NAMESPACES
 
 
 def new_namespace(cluster: Cluster, prefix: str = "t") -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
+    CREATED_NAMESPACES.append(name)
     return name
 
 
@@ -62,3 +64,26 @@ def sandbox_manifest(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
 def phase_of(cluster: Cluster, namespace: str, name: str) -> str | None:
     sandbox = get(cluster, "sandbox", namespace, name)
     return None if sandbox is None else sandbox.get("status", {}).get("phase")
+
+
+def wait_phase(
+    cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 30
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        sandbox = get(cluster, "sandbox", namespace, name)
+        if sandbox and sandbox.get("status", {}).get("phase") == phase:
+            return sandbox
+        return None
+
+    sandbox: dict[str, Any] = wait_for(f"{namespace}/{name} to be {phase}", probe, timeout)
+    return sandbox
+
+
+def sandbox_events(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The Events about one Sandbox, oldest first."""
+    selector = f"involvedObject.name={name},involvedObject.kind=Sandbox"
+    out = cluster.kubectl(
+        "get", "events", "-n", namespace, "-o", "json", f"--field-selector={selector}"
+    ).stdout
+    events: list[dict[str, Any]] = json.loads(out)["items"]
+    return sorted(events, key=lambda e: e["metadata"]["creationTimestamp"])

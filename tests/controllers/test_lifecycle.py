@@ -10,7 +10,15 @@ import pytest
 
 from kocoon.devcluster import Cluster
 from tests.conftest import OperatorProcess
-from tests.controllers.helpers import get, new_namespace, phase_of, sandbox_manifest, wait_for
+from tests.controllers.helpers import (
+    get,
+    new_namespace,
+    phase_of,
+    sandbox_events,
+    sandbox_manifest,
+    wait_for,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -18,19 +26,6 @@ pytestmark = pytest.mark.integration
 def create(cluster: Cluster, namespace: str, name: str, **spec: Any) -> None:
     manifest = sandbox_manifest(name, namespace, **spec)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-
-
-def wait_phase(
-    cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 30
-) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        sandbox = get(cluster, "sandbox", namespace, name)
-        if sandbox and sandbox.get("status", {}).get("phase") == phase:
-            return sandbox
-        return None
-
-    sandbox: dict[str, Any] = wait_for(f"{namespace}/{name} to be {phase}", probe, timeout)
-    return sandbox
 
 
 def condition(sandbox: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -52,18 +47,7 @@ def request_wake(cluster: Cluster, namespace: str, name: str) -> None:
 
 
 def event_reasons(cluster: Cluster, namespace: str, name: str) -> list[str]:
-    events = json.loads(
-        cluster.kubectl(
-            "get",
-            "events",
-            "-n",
-            namespace,
-            "-o",
-            "json",
-            f"--field-selector=involvedObject.name={name},involvedObject.kind=Sandbox",
-        ).stdout
-    )["items"]
-    return [e["reason"] for e in sorted(events, key=lambda e: e["metadata"]["creationTimestamp"])]
+    return [event["reason"] for event in sandbox_events(cluster, namespace, name)]
 
 
 FILESYSTEM = {"hibernation": "filesystem", "workspace": {"size": "1Gi"}}

@@ -107,15 +107,25 @@ def test_operator_killed_at_a_step_converges_after_restart(
             return status.get("phase") == final and (pod is not None) == (final == "Running")
 
         wait_for(f"convergence to {final}", converged, timeout=40)
+        sandbox = get(cluster, "sandbox", namespace, "r")
+        lease_after = get(cluster, "lease", namespace, "kocoon-activity-sandbox-r")
     finally:
+        # Delete while an operator runs, so the Sandbox's finalizer is handled.
+        cluster.kubectl(
+            "delete",
+            "namespace",
+            namespace,
+            "--wait=true",
+            "--timeout=60s",
+            check=False,
+            timeout=90,
+        )
         stop_operator(restarted)
-    sandbox = get(cluster, "sandbox", namespace, "r")
     assert sandbox is not None
     if final == "Running":
         ready = {c["type"]: c for c in sandbox["status"]["conditions"]}["Ready"]
         assert ready["status"] == "True"
-        lease = get(cluster, "lease", namespace, "kocoon-activity-sandbox-r") or {}
+        lease = lease_after or {}
         assert "kocoon.io/wake-requested-at" not in (
             lease.get("metadata", {}).get("annotations") or {}
         )
-    cluster.kubectl("delete", "namespace", namespace, "--wait=false")

@@ -281,3 +281,13 @@ def test_shutdown_time_expires_the_sandbox(policy: str, deletes: bool) -> None:
 def test_checkpoint_ids_are_stable_per_pod_and_differ_between_pods() -> None:
     assert lifecycle.checkpoint_id("s1", "a-b-c") == lifecycle.checkpoint_id("s1", "a-b-c")
     assert lifecycle.checkpoint_id("s1", "a-b-c") != lifecycle.checkpoint_id("s1", "a-b-d")
+
+
+def test_a_sandbox_still_starting_is_not_idle_however_old() -> None:
+    # The operator may first see a sandbox long after its creation (it was down, or slow):
+    # that is not idleness, nobody could use it yet.
+    decision = lifecycle.decide(
+        observed(SandboxPhase.PENDING, None, running_since=None, idle_timeout="3s")
+    )
+    assert decision.phase is SandboxPhase.PENDING
+    assert decision.actions == (Action.CREATE_POD,)

@@ -14,7 +14,13 @@ import pytest
 
 from kocoon.devcluster import Cluster, stack
 from tests.conftest import OperatorProcess
-from tests.controllers.helpers import get, new_namespace, sandbox_manifest, wait_for
+from tests.controllers.helpers import (
+    get,
+    new_namespace,
+    sandbox_events,
+    sandbox_manifest,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,29 +44,16 @@ def hibernated_sandbox(cluster: Cluster, name: str) -> tuple[str, str]:
     )
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
-    def phase() -> str | None:
-        return ((get(cluster, "sandbox", namespace, name) or {}).get("status") or {}).get("phase")
-
-    wait_for("Running", lambda: phase() == "Running")
-    wait_for("Hibernated", lambda: phase() == "Hibernated", timeout=40)
+    wait_phase(cluster, namespace, name, "Running")
+    wait_phase(cluster, namespace, name, "Hibernated", timeout=40)
     secret = get(cluster, "secret", namespace, f"{name}-token")
     assert secret is not None
     return namespace, base64.b64decode(secret["data"]["token"]).decode()
 
 
 def wakes(cluster: Cluster, namespace: str, name: str) -> int:
-    events = json.loads(
-        cluster.kubectl(
-            "get",
-            "events",
-            "-n",
-            namespace,
-            "-o",
-            "json",
-            f"--field-selector=involvedObject.name={name},reason=SandboxWaking",
-        ).stdout
-    )["items"]
-    return sum(int(e.get("count", 1)) for e in events)
+    events = sandbox_events(cluster, namespace, name)
+    return sum(int(e.get("count", 1)) for e in events if e["reason"] == "SandboxWaking")
 
 
 async def test_200_concurrent_requests_wake_once_and_all_are_answered(

@@ -294,7 +294,12 @@ async def reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
         body = await client.get(ctx.api, SANDBOX, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
-        await _reconcile(ctx, body)
+        try:
+            await _reconcile(ctx, body)
+        except client.ApiError as error:
+            if error.status == 403 and "being terminated" in str(error):
+                return  # its namespace is going away, and the sandbox with it
+            raise
 
 
 async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
