@@ -642,27 +642,16 @@ def _remove_containers(node: NodeLayout) -> None:
 
 
 def _kill_leftovers(node: NodeLayout) -> None:
-    """Shims and container processes whose containerd is gone: found by our socket or runc root."""
-    for container_dir in (node.runc_root / CONTAINERD_NAMESPACE).glob("*"):
-        _run(
-            str(RUNC),
-            "--root",
-            str(node.runc_root / CONTAINERD_NAMESPACE),
-            "kill",
-            "--all",
-            container_dir.name,
-            "KILL",
-            check=False,
-        )
-        _run(
-            str(RUNC),
-            "--root",
-            str(node.runc_root / CONTAINERD_NAMESPACE),
-            "delete",
-            "--force",
-            container_dir.name,
-            check=False,
-        )
+    """Containers and shims whose containerd is gone: found by our runc root or our socket.
+
+    Every runc root under the node's directory counts: containerd's namespace (`k8s.io`) and
+    the ones restores made outside containerd.
+    """
+    for root in (node.runc_root.iterdir() if node.runc_root.is_dir() else ()):
+        for container in root.iterdir():
+            runc = (str(RUNC), "--root", str(root))
+            _run(*runc, "kill", "--all", container.name, "KILL", check=False)
+            _run(*runc, "delete", "--force", container.name, check=False)
     marker = str(node.socket).encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
