@@ -1,8 +1,9 @@
 """Hibernate with memory and wake on the real node, without the operator and router.
 
 The pieces the Sandbox life cycle strings together, run by hand: a counter serves requests,
-the kubelet checkpoint API archives its container, its pod is deleted, a new pod is created
-on the real node, and the agent's runc driver restores the archive into that pod's sandbox.
+the agent's kubelet driver archives its container through the kubelet checkpoint API, its pod
+is deleted, a new pod is created on the real node, and the agent's runc driver restores the
+archive into that pod's sandbox.
 The next answer continues the count with the same start-up token: memory survived.
 """
 
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 from nodekit import get_json, pod_sandbox, restore_bundle, run_pod
 
-from kocoon.agent.drivers.base import RestoreTarget
+from kocoon.agent.drivers.base import Available, CheckpointTarget, RestoreTarget
 from kocoon.agent.drivers.criutool import CriuTool
+from kocoon.agent.drivers.kubelet import ARCHIVE_NAME, KubeletConfig, KubeletDriver
 from kocoon.agent.drivers.runc import TARGET_BUNDLE, TARGET_CONTAINER_ID, RuncDriver
 from kocoon.agent.models import SandboxRef
 from kocoon.devcluster import Cluster, images, realnode
@@ -42,15 +44,35 @@ async def test_hibernate_with_memory_then_wake_into_a_new_pod(
         before = get_json(url)
     assert before["count"] == 3
 
+    # Hibernate: the agent's kubelet driver, authenticated with a ServiceAccount token.
+    endpoint = realnode.kubelet_endpoint(real_node.state)
+    token = tmp_path / "token"
+    token.write_text(real_node.kubectl("create", "token", "default").stdout.strip())
+    kubelet = KubeletDriver(
+        KubeletConfig(
+            url=endpoint.url,
+            token_file=token,
+            ca_file=endpoint.ca_file,
+            checkpoint_dir=endpoint.checkpoint_dir,
+        )
+    )
+    assert isinstance(await kubelet.probe(), Available)
+    image_dir = tmp_path / "image"
+    image_dir.mkdir()
     started = time.monotonic()
-    archive = realnode.checkpoint(real_node, "default", name, name)
+    await kubelet.checkpoint(
+        CheckpointTarget(
+            sandbox=SandboxRef(namespace="default", name=name), pod=name, container=name
+        ),
+        image_dir,
+        tmp_path / "dump-work",
+    )
     checkpoint_seconds = time.monotonic() - started
     real_node.kubectl("delete", "pod", name, "--grace-period=0", "--force")
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
-    with tarfile.open(archive) as tar:
+    with tarfile.open(image_dir / ARCHIVE_NAME) as tar:
         tar.extractall(checkpoint, filter="tar")
-    archive.unlink()
 
     runc_root = node.runc_root / RESTORED_RUNC_NAMESPACE
     bundle = node.directory / "restored" / name

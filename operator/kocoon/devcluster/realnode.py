@@ -244,11 +244,12 @@ def kubelet_config(node: NodeLayout, port: int, healthz_port: int) -> dict[str, 
         "tlsPrivateKeyFile": str(pki_dir / "kubelet.key"),
         "authentication": {
             "anonymous": {"enabled": False},
-            "webhook": {"enabled": False},
+            # Bearer tokens (the agent's ServiceAccount) are checked with a TokenReview.
+            "webhook": {"enabled": True, "cacheTTL": "30s"},
             "x509": {"clientCAFile": str(pki_dir / "ca.crt")},
         },
-        # Any client with a certificate of the cluster's CA may use the kubelet API (the API
-        # server for logs and exec, tests and the agent for checkpoints).
+        # Any authenticated client may use the kubelet API: the API server (logs, exec), the
+        # agent and tests (checkpoints). A local cluster only; real clusters use Webhook.
         "authorization": {"mode": "AlwaysAllow"},
         "registerWithTaints": [REAL_NODE_TAINT],
         "podLogsDir": str(node.directory / "pod-logs"),
@@ -599,6 +600,30 @@ def kubelet_ssl_context(node: NodeLayout) -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True)
+class KubeletEndpoint:
+    """How a client on this machine reaches the real node's kubelet API (e.g. the agent's
+    `--kubelet-url`, `--kubelet-ca`, `--kubelet-checkpoint-dir`)."""
+
+    url: str
+    ca_file: Path
+    client_cert: Path
+    client_key: Path
+    checkpoint_dir: Path
+
+
+def kubelet_endpoint(state: ClusterState) -> KubeletEndpoint:
+    node = layout(state)
+    pki_dir = node.directory / "pki"
+    return KubeletEndpoint(
+        url=f"https://{node.node_ip}:{state.ports[KUBELET]}",
+        ca_file=pki_dir / "ca.crt",
+        client_cert=pki_dir / "client.crt",
+        client_key=pki_dir / "client.key",
+        checkpoint_dir=node.checkpoints,
+    )
+
+
 def checkpoint(
     cluster: Cluster, namespace: str, pod: str, container: str, timeout: float = 120
 ) -> Path:
@@ -647,7 +672,7 @@ def _kill_leftovers(node: NodeLayout) -> None:
     Every runc root under the node's directory counts: containerd's namespace (`k8s.io`) and
     the ones restores made outside containerd.
     """
-    for root in (node.runc_root.iterdir() if node.runc_root.is_dir() else ()):
+    for root in node.runc_root.iterdir() if node.runc_root.is_dir() else ():
         for container in root.iterdir():
             runc = (str(RUNC), "--root", str(root))
             _run(*runc, "kill", "--all", container.name, "KILL", check=False)
