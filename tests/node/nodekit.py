@@ -97,17 +97,22 @@ def restore_bundle(
     into: Sandbox,
     pod_uid: str,
     bundle: Path,
+    rootfs: Path | None = None,
 ) -> Path:
     """An OCI bundle that restores a kubelet checkpoint into another pod's sandbox.
 
-    The root filesystem is the image plus the checkpoint's `rootfs-diff.tar`; the spec is the
+    The root filesystem is the image (unpacked, or `rootfs`: a running container's root of the
+    same image) plus the checkpoint's `rootfs-diff.tar`; the spec is the
     checkpointed container's (`spec.dump`) with the shared namespaces, the bind mounts the
     runtime made and the cgroup pointed at the new sandbox. CRIU needs the same mount points;
     their sources may differ.
     """
-    rootfs = bundle / "rootfs"
-    rootfs.mkdir(parents=True)
-    unpack_image(image, rootfs)
+    if rootfs is None:
+        rootfs = bundle / "rootfs"
+        rootfs.mkdir(parents=True)
+        unpack_image(image, rootfs)
+    else:
+        bundle.mkdir(parents=True)
     subprocess.run(
         ["tar", "-C", str(rootfs), "-xf", str(checkpoint / "rootfs-diff.tar")], check=True
     )
@@ -133,3 +138,17 @@ def restore_bundle(
     spec["linux"]["cgroupsPath"] = f"{node.cgroup_root}/kocoon-restored/{bundle.name}"
     (bundle / "config.json").write_text(json.dumps(spec))
     return bundle
+
+
+def container_rootfs(node: realnode.NodeLayout, pod: str, container: str) -> Path:
+    """The mounted root filesystem of a running container, as containerd's snapshot gives it."""
+    for cid in _ctr(node, "containers", "list", "--quiet").split():
+        labels = json.loads(_ctr(node, "containers", "info", cid)).get("Labels", {})
+        if (
+            labels.get("io.kubernetes.pod.name") == pod
+            and labels.get("io.kubernetes.container.name") == container
+        ):
+            return (
+                node.containerd_state / "io.containerd.runtime.v2.task" / "k8s.io" / cid / "rootfs"
+            )
+    raise AssertionError(f"no container {container} in pod {pod}")
