@@ -30,7 +30,7 @@ binaries:
 criu:
 	@bash setup/criu.sh
 
-setup: python binaries criu
+setup: python binaries criu node-setup
 
 crds: python
 	$(KOCOON) crds
@@ -55,8 +55,9 @@ test-integration: python binaries
 test-criu: python criu
 	$(PY) -m pytest -m criu $(PYTEST_ARGS)
 
-# The real node (kubelet + containerd + runc + CRIU on this machine): containerd, CRIU 4.2.1,
-# runc and CNI plugins (setup/node.sh), then the local images (cached by content).
+# The real node (kubelet + containerd + runc + CRIU on this machine): containerd, runc and
+# CNI plugins (setup/node.sh, which also runs setup/criu.sh), then the local images (cached
+# by content).
 node-setup: python binaries
 	@bash setup/node.sh
 	$(PY) -m kocoon.devcluster.images

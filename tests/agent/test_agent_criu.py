@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from agentkit import AgentHandle, agent_process, pid_alive
 
+from kocoon.agent.criu import CACHED_CRIU_VERSION
 from kocoon.agent.models import CheckpointRecord
 from kocoon.agent.store import ARCHIVE_NAME, META_NAME, extract_archive
 
@@ -129,7 +130,7 @@ async def test_process_hibernates_and_wakes_with_its_memory(
     assert process.wait(10) == -signal.SIGKILL  # CRIU ends the dumped tree
     at_dump = read_status(status_file)
     assert at_dump is not None
-    assert record["compatibility"]["criuVersion"] == "4.1.1"
+    assert record["compatibility"]["criuVersion"] == CACHED_CRIU_VERSION
     assert_marker_only_in_plaintext(agent, record, marker, tmp_path / "plain")
 
     status, result = await agent.call("POST", f"/v1/checkpoints/{record['id']}/restore", {})

@@ -12,7 +12,7 @@ from kocoon.agent import proc
 ENV_CRIU = "KOCOON_CRIU"
 ENV_CACHE = "KOCOON_CACHE"
 # The version setup/criu.sh builds; the cache directory is keyed by it.
-CACHED_CRIU_VERSION = "4.1.1"
+CACHED_CRIU_VERSION = "4.2.1"
 
 
 def cached_criu_path() -> Path:
