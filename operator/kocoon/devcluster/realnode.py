@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from kocoon.agent.criu import find_criu
 from kocoon.devcluster import binaries, images, pki, processes
 
 if TYPE_CHECKING:
@@ -124,24 +125,10 @@ def layout(state: ClusterState) -> NodeLayout:
 
 
 def criu_dir() -> Path | None:
-    """The directory of the CRIU the node's runc uses: $KOCOON_CRIU, else the newest in the cache.
-
-    Kernels from 6.16 refuse SO_PASSCRED on TCP sockets; CRIU before 4.2 then fails to dump
-    any process with a TCP socket (`Can't get 1:16 opt: Operation not supported`), so the
-    newest build (setup/node.sh makes 4.2.1) wins over setup/criu.sh's 4.1.1.
-    """
-    override = os.environ.get("KOCOON_CRIU")
-    if override:
-        return Path(override).parent
-    builds = [path for path in binaries.cache_dir().glob("criu-*/bin/criu") if path.is_file()]
-    if not builds:
-        return None
-    newest = max(builds, key=lambda path: _version(path.parent.parent.name.removeprefix("criu-")))
-    return newest.parent
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) if part.isdigit() else 0 for part in text.split("."))
+    """The directory of the CRIU the node's runc uses: the agent's (setup/criu.sh's 4.2.1,
+    which can checkpoint TCP sockets on kernels from 6.16; 4.1 cannot)."""
+    criu = find_criu()
+    return None if criu is None else criu.parent
 
 
 # ---- pure configuration builders -------------------------------------------------------------
