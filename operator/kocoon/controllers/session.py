@@ -1,0 +1,533 @@
+"""The AgentSession controller: gather what is, ask the session life cycle what next, do it.
+
+Every trigger — a change to the session, to its Sandbox or its activity Lease, and a
+periodic timer — runs the same level-based `reconcile`, one at a time per session. The
+session's children (Sandbox, token Secret, activity Lease) carry owner references to it, so
+deleting the session releases them by garbage collection; the Sandbox's own finalizer
+releases its checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kocoon import lifecycle
+from kocoon import session_lifecycle as sl
+from kocoon.api.common import LocalObjectReference, SecretKeyReference
+from kocoon.api.conditions import ConditionType, Reason, SessionPhase
+from kocoon.api.sandbox import SandboxStatus, Usage
+from kocoon.api.session import AgentSession, AgentSessionStatus
+from kocoon.builders import names, token
+from kocoon.builders import session as build
+from kocoon.builders.context import Identity
+from kocoon.controllers import failpoints, observe
+from kocoon.controllers import sandbox as sandbox_controller
+from kocoon.controllers.checkpoints import CheckpointFailed, CheckpointUnavailable
+from kocoon.controllers.context import OperatorContext, current, reconcile_interval
+from kocoon.kube import client, events
+from kocoon.kube.resources import AGENT_SESSION, GROUP, LEASE, SANDBOX, SECRET, VERSION
+
+log = logging.getLogger(__name__)
+KIND = "agentsession"
+
+# The operator's own annotations on the session: the usage of sandboxes that are gone, and
+# the Sandbox whose usage the status total holds on top of it (see UsageLedger).
+USAGE_RETIRED_ANNOTATION = "kocoon.io/usage-retired"
+USAGE_SANDBOX_ANNOTATION = "kocoon.io/usage-sandbox-uid"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- pure readers ----------------------------------------------------------------------------
+
+
+def _condition(status: SandboxStatus, kind: ConditionType) -> sl.ConditionView | None:
+    for condition in status.conditions:
+        if condition.type == kind:
+            return sl.ConditionView(condition.status, condition.reason, condition.message)
+    return None
+
+
+def sandbox_view(body: dict[str, Any] | None, session_uid: str) -> sl.SandboxView | None:
+    if body is None:
+        return None
+    metadata = body.get("metadata", {})
+    owned = any(
+        ref.get("uid") == session_uid and ref.get("controller")
+        for ref in metadata.get("ownerReferences") or []
+    )
+    try:
+        status = SandboxStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        status = SandboxStatus()
+    return sl.SandboxView(
+        uid=str(metadata.get("uid", "")),
+        owned=owned,
+        phase=status.phase,
+        phase_since=status.phase_since,
+        deleting=metadata.get("deletionTimestamp") is not None,
+        ready=_condition(status, ConditionType.READY),
+        hibernated=_condition(status, ConditionType.HIBERNATED),
+        has_checkpoint=status.checkpoint is not None,
+        usage=status.usage,
+        last_activity=status.last_activity_time,
+    )
+
+
+def token_view(secret: dict[str, Any] | None) -> sl.TokenView | None:
+    if secret is None:
+        return None
+    annotations = secret.get("metadata", {}).get("annotations") or {}
+    return sl.TokenView(
+        has_previous=bool((secret.get("data") or {}).get(token.PREVIOUS_TOKEN_KEY)),
+        rotation=annotations.get(build.TOKEN_ROTATION_ANNOTATION),
+        rotated_at=observe.parse_time(annotations.get(build.TOKEN_ROTATED_AT_ANNOTATION)),
+    )
+
+
+def usage_ledger(annotations: Mapping[str, str]) -> sl.UsageLedger:
+    raw = annotations.get(USAGE_RETIRED_ANNOTATION)
+    try:
+        retired = Usage.model_validate(json.loads(raw)) if raw else Usage()
+    except (ValueError, ValidationError):
+        retired = Usage()  # hand-edited beyond repair: start the retired sum again
+    return sl.UsageLedger(retired=retired, sandbox_uid=annotations.get(USAGE_SANDBOX_ANNOTATION))
+
+
+def ledger_annotations(ledger: sl.UsageLedger) -> dict[str, str | None]:
+    return {
+        USAGE_RETIRED_ANNOTATION: json.dumps(ledger.retired.to_wire(), sort_keys=True),
+        USAGE_SANDBOX_ANNOTATION: ledger.sandbox_uid,
+    }
+
+
+def owns(obj: dict[str, Any] | None, uid: str) -> bool:
+    refs = (obj or {}).get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+def _decode(secret: dict[str, Any], key: str) -> str:
+    return base64.b64decode((secret.get("data") or {}).get(key, "")).decode()
+
+
+# --- reconcile -------------------------------------------------------------------------------
+
+
+@dataclass
+class Seen:
+    """Everything one reconcile read, for the actions and the status."""
+
+    body: dict[str, Any]
+    session: AgentSession
+    owner: Identity
+    sandbox: dict[str, Any] | None
+    secret: dict[str, Any] | None
+    lease: dict[str, Any] | None
+    observed: sl.Observed
+
+
+async def reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
+    async with ctx.lock(KIND, namespace, name):
+        body = await client.get(ctx.api, AGENT_SESSION, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            await _reconcile(ctx, body)
+        except client.ApiError as error:
+            if error.status == 403 and "being terminated" in str(error):
+                return  # its namespace is going away, and the session with it
+            raise
+
+
+async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
+    try:
+        session = AgentSession.model_validate(body)
+    except ValidationError as error:
+        await _report_invalid(ctx, body, error)
+        return
+    seen = await _observe(ctx, body, session)
+    decision = sl.decide(seen.observed)
+    status = (session.status or AgentSessionStatus()).model_copy(deep=True)
+    for action in decision.actions:
+        await _act(ctx, action, seen)
+        failpoints.hit(f"session:after:{action.value}")
+    apply_error = await _converge_sandbox(ctx, decision.sandbox, seen)
+    if seen.lease is None or not owns(seen.lease, seen.owner.uid):
+        await client.apply(ctx.api, build.activity_lease(seen.owner))
+    await _write_status(ctx, seen, status, decision, apply_error)
+
+
+async def _observe(ctx: OperatorContext, body: dict[str, Any], session: AgentSession) -> Seen:
+    metadata = body["metadata"]
+    namespace, name = metadata["namespace"], metadata["name"]
+    owner = build.session_identity(name, namespace, metadata["uid"])
+    now = _now()
+    sandbox = await client.get(ctx.api, SANDBOX, namespace, build.sandbox_name(name))
+    secret = await client.get(ctx.api, SECRET, namespace, build.token_secret_name(name))
+    lease = await client.get(ctx.api, LEASE, namespace, build.activity_lease_name(name))
+    sandbox_lease = (
+        await client.get(ctx.api, LEASE, namespace, names.activity_lease_name(name))
+        if sandbox is not None
+        else None
+    )
+    template_error = None
+    try:
+        build.sandbox_spec(session.spec)
+    except build.TemplateError as error:
+        template_error = str(error)
+    status = session.status or AgentSessionStatus()
+    annotations = metadata.get("annotations") or {}
+    observed = sl.Observed(
+        name=name,
+        spec=session.spec,
+        generation=int(metadata.get("generation", 0)),
+        created=observe.parse_time(metadata.get("creationTimestamp")) or now,
+        now=now,
+        phase=status.phase,
+        start_time=status.start_time,
+        sandbox=sandbox_view(sandbox, owner.uid),
+        token=token_view(secret),
+        rotate_request=annotations.get(build.ROTATE_TOKEN_ANNOTATION),
+        activity=observe.activity(lease),
+        sandbox_activity=observe.activity(sandbox_lease),
+        template_error=template_error,
+    )
+    return Seen(body, session, owner, sandbox, secret, lease, observed)
+
+
+async def _act(ctx: OperatorContext, action: sl.Action, seen: Seen) -> None:
+    owner, observed = seen.owner, seen.observed
+    sandbox_lease = names.activity_lease_name(build.sandbox_name(owner.name))
+    if action is sl.Action.CREATE_TOKEN:
+        manifest = build.token_secret(owner, token.new_token(), observed.rotate_request)
+        try:
+            await client.request(ctx.api, "POST", SECRET.path(owner.namespace), body=manifest)
+        except client.ApiError as error:
+            if error.status != 409:  # 409: created meanwhile; it is never overwritten
+                raise
+    elif action is sl.Action.ROTATE_TOKEN and seen.secret is not None:
+        assert observed.rotate_request is not None
+        patch = build.token_rotation_patch(
+            token.new_token(),
+            _decode(seen.secret, token.TOKEN_KEY),
+            observed.rotate_request,
+            observed.now,
+        )
+        await client.merge_patch(
+            ctx.api, SECRET, owner.namespace, build.token_secret_name(owner.name), patch
+        )
+        log.info("token rotated", extra={"session": f"{owner.namespace}/{owner.name}"})
+    elif action is sl.Action.DROP_PREVIOUS_TOKEN:
+        await client.merge_patch(
+            ctx.api,
+            SECRET,
+            owner.namespace,
+            build.token_secret_name(owner.name),
+            build.drop_previous_token_patch(),
+        )
+    elif action is sl.Action.FORWARD_WAKE and observed.activity.wake_requested_at is not None:
+        await _patch_lease(ctx, owner.namespace, sandbox_lease, build.wake_patch(
+            observed.activity.wake_requested_at
+        ))  # fmt: skip
+    elif action is sl.Action.MIRROR_ACTIVITY and observed.activity.last_request is not None:
+        activity = observed.activity
+        assert activity.last_request is not None
+        await _patch_lease(
+            ctx,
+            owner.namespace,
+            sandbox_lease,
+            build.activity_patch(activity.last_request, activity.in_flight),
+        )
+    elif action is sl.Action.CLEAR_WAKE_REQUEST:
+        await _patch_lease(
+            ctx, owner.namespace, build.activity_lease_name(owner.name), build.clear_wake_patch()
+        )
+    elif action is sl.Action.RELEASE_CHECKPOINT:
+        await _release_checkpoint(ctx, owner)
+
+
+async def _patch_lease(
+    ctx: OperatorContext, namespace: str, name: str, patch: dict[str, Any]
+) -> None:
+    try:
+        await client.merge_patch(ctx.api, LEASE, namespace, name, patch)
+    except client.ApiError as error:
+        if error.status != 404:  # gone: the Sandbox (and its Lease) is being recreated
+            raise
+
+
+async def _release_checkpoint(ctx: OperatorContext, owner: Identity) -> None:
+    """Release the hibernated Sandbox's memory checkpoint (retention is over).
+
+    Under the Sandbox's lock, so its controller never writes back a checkpoint released here.
+    """
+    name = build.sandbox_name(owner.name)
+    async with ctx.lock(sandbox_controller.KIND, owner.namespace, name):
+        body = await client.get(ctx.api, SANDBOX, owner.namespace, name)
+        if body is None:
+            return
+        status = SandboxStatus.model_validate(body.get("status") or {})
+        checkpoint = status.checkpoint
+        if checkpoint is None:
+            return
+        try:
+            await ctx.checkpointer.release(owner.namespace, checkpoint)
+        except CheckpointFailed as error:
+            log.warning(
+                "releasing checkpoint failed; retrying",
+                extra={"session": f"{owner.namespace}/{owner.name}", "error": str(error)},
+            )
+            return
+        except CheckpointUnavailable:
+            pass  # no agent serves that node, so nothing there can leak
+        conditions = sandbox_controller.merge_conditions(
+            status.conditions,
+            (
+                lifecycle.ConditionUpdate(
+                    ConditionType.CHECKPOINT_AVAILABLE,
+                    False,
+                    Reason.CHECKPOINT_EXPIRED,
+                    f"checkpoint {checkpoint.id} released: the session's retention is over",
+                ),
+            ),
+            int(body["metadata"].get("generation", 0)),
+            _now(),
+        )
+        wire = [c.to_wire() for c in conditions]
+        await client.merge_patch(
+            ctx.api,
+            SANDBOX,
+            owner.namespace,
+            name,
+            {"status": {"checkpoint": None, "conditions": wire}},
+            subresource="status",
+        )
+
+
+async def _converge_sandbox(
+    ctx: OperatorContext, intent: sl.SandboxIntent, seen: Seen
+) -> str | None:
+    """Apply or delete the Sandbox as decided; the API server's refusal, if any."""
+    owner, current_body = seen.owner, seen.sandbox
+    if intent is sl.SandboxIntent.DELETE and current_body is not None:
+        await client.delete(
+            ctx.api,
+            SANDBOX,
+            owner.namespace,
+            build.sandbox_name(owner.name),
+            preconditions_uid=current_body["metadata"]["uid"],
+        )
+        return None
+    if intent not in (sl.SandboxIntent.RUN, sl.SandboxIntent.HIBERNATE):
+        return None
+    spec = build.sandbox_spec(seen.session.spec, hibernate=intent is sl.SandboxIntent.HIBERNATE)
+    manifest = build.sandbox(owner, spec)
+    applied = ((current_body or {}).get("metadata", {}).get("annotations") or {}).get(
+        build.SPEC_DIGEST_ANNOTATION
+    )
+    if current_body is not None and applied == manifest["metadata"]["annotations"].get(
+        build.SPEC_DIGEST_ANNOTATION
+    ):
+        return None
+    try:
+        await client.apply(ctx.api, manifest)
+    except client.ApiError as error:
+        if error.status != 422:
+            raise
+        return str(error.body.get("message") or error)
+    return None
+
+
+async def _write_status(
+    ctx: OperatorContext,
+    seen: Seen,
+    status: AgentSessionStatus,
+    decision: sl.Decision,
+    apply_error: str | None,
+) -> None:
+    observed, owner, body = seen.observed, seen.owner, seen.body
+    now = observed.now
+    updates = decision.conditions
+    decision_events = list(decision.events)
+    if apply_error is not None:
+        message = f"the Sandbox was not updated: {apply_error}"
+        updates += (
+            sl.ConditionUpdate(
+                ConditionType.READY, False, sl.SessionReason.INVALID_SANDBOX_TEMPLATE, message
+            ),
+        )
+        old = {c.type: c.reason for c in status.conditions}
+        if old.get(ConditionType.READY) != sl.SessionReason.INVALID_SANDBOX_TEMPLATE:
+            decision_events.append(
+                sl.Event(sl.SessionReason.INVALID_SANDBOX_TEMPLATE, message, warning=True)
+            )
+    updates = tuple(_with_address(u, owner, ctx) for u in updates)
+    status.phase = decision.phase
+    status.conditions = sl.merge_conditions(status.conditions, updates, observed.generation, now)
+    status.observed_generation = observed.generation
+    status.endpoint = build.endpoint(owner.namespace, owner.name)
+    status.sandbox_ref = (
+        LocalObjectReference(name=build.sandbox_name(owner.name)) if decision.sandbox_ref else None
+    )
+    secret_exists = seen.secret is not None or sl.Action.CREATE_TOKEN in decision.actions
+    status.token_secret_ref = (
+        SecretKeyReference(name=build.token_secret_name(owner.name), key=token.TOKEN_KEY)
+        if secret_exists
+        else None
+    )
+    if decision.start_time is not None:
+        status.start_time = decision.start_time
+    view = observed.sandbox
+    moments = [
+        m
+        for m in (
+            status.last_activity_time,
+            observed.activity.last_request,
+            view.last_activity if view is not None else None,
+        )
+        if m is not None
+    ]
+    status.last_activity_time = max(moments) if moments else None
+    status.usage = await _account_usage(ctx, seen, status.usage)
+    wire = status.to_wire()
+    old_wire = body.get("status") or {}
+    patch = {"status": {**{key: None for key in old_wire if key not in wire}, **wire}}
+    if wire != old_wire:
+        await client.merge_patch(
+            ctx.api, AGENT_SESSION, owner.namespace, owner.name, patch, subresource="status"
+        )
+    for event in decision_events:
+        log.info(event.message, extra={"session": f"{owner.namespace}/{owner.name}"})
+        await events.post(
+            ctx.api, body, events.WARNING if event.warning else events.NORMAL, event.reason,
+            event.message,
+        )  # fmt: skip
+
+
+def _with_address(
+    update: sl.ConditionUpdate, owner: Identity, ctx: OperatorContext
+) -> sl.ConditionUpdate:
+    """A Ready session says where it is reached: the path, and the host form if any."""
+    if update.type != ConditionType.READY or not update.status:
+        return update
+    where = build.endpoint(owner.namespace, owner.name)
+    host = build.host_endpoint(owner.namespace, owner.name, ctx.config.router_domain)
+    text = f"reachable through the router at {where}" + (f" and at host {host}" if host else "")
+    return replace(update, message=text)
+
+
+async def _account_usage(ctx: OperatorContext, seen: Seen, last_total: Usage | None) -> Usage:
+    """The session's usage: retired sandboxes plus the current one; the ledger is written
+    before the status, so a crash in between loses nothing."""
+    metadata = seen.body["metadata"]
+    annotations = metadata.get("annotations") or {}
+    ledger = usage_ledger(annotations)
+    view = seen.observed.sandbox
+    current_sandbox = view if view is not None and view.owned else None
+    new_ledger, total = sl.account_usage(
+        ledger,
+        last_total,
+        current_sandbox.uid if current_sandbox else None,
+        current_sandbox.usage if current_sandbox else None,
+    )
+    wanted = ledger_annotations(new_ledger)
+    if any(annotations.get(key) != value for key, value in wanted.items()):
+        await client.merge_patch(
+            ctx.api,
+            AGENT_SESSION,
+            metadata["namespace"],
+            metadata["name"],
+            {"metadata": {"annotations": wanted}},
+        )
+    return total
+
+
+async def _report_invalid(
+    ctx: OperatorContext, body: dict[str, Any], error: ValidationError
+) -> None:
+    details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+    message = f"invalid session: {details}"[:4096]
+    condition = {
+        "type": ConditionType.READY.value,
+        "status": "False",
+        "reason": Reason.RECONCILER_ERROR.value,
+        "message": message,
+        "lastTransitionTime": _now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "observedGeneration": body["metadata"].get("generation", 0),
+    }
+    metadata = body["metadata"]
+    if (body.get("status") or {}).get("phase") == SessionPhase.FAILED.value:
+        return
+    await client.merge_patch(
+        ctx.api,
+        AGENT_SESSION,
+        metadata["namespace"],
+        metadata["name"],
+        {"status": {"phase": SessionPhase.FAILED.value, "conditions": [condition]}},
+        subresource="status",
+    )
+    await events.post(ctx.api, body, events.WARNING, Reason.RECONCILER_ERROR, message)
+
+
+async def release_unowned(ctx: OperatorContext, namespace: str, name: str) -> None:
+    """After a session is gone: its Lease, if the router created it after the operator last
+    saw the session (no owner reference, so garbage collection would never take it)."""
+    lease_name = build.activity_lease_name(name)
+    lease = await client.get(ctx.api, LEASE, namespace, lease_name)
+    if lease is not None and not lease["metadata"].get("ownerReferences"):
+        await client.delete(ctx.api, LEASE, namespace, lease_name)
+
+
+# --- kopf wiring ------------------------------------------------------------------------------
+
+
+@kopf.on.event(GROUP, VERSION, "agentsessions")
+async def session_changed(type: str, namespace: str | None, name: str, **_: Any) -> None:
+    if not namespace:
+        return
+    ctx = current()
+    if type == "DELETED":
+        with contextlib.suppress(client.ApiError):
+            await release_unowned(ctx, namespace, name)
+        ctx.forget(KIND, namespace, name)
+        return
+    await reconcile(ctx, namespace, name)
+
+
+@kopf.timer(GROUP, VERSION, "agentsessions", interval=reconcile_interval(), initial_delay=1)
+async def session_tick(namespace: str | None, name: str, **_: Any) -> None:
+    if namespace:
+        await reconcile(current(), namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, "sandboxes", labels={build.SESSION_LABEL: kopf.PRESENT})
+async def session_sandbox_changed(
+    namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> None:
+    if namespace:
+        await reconcile(current(), namespace, labels[build.SESSION_LABEL])
+
+
+@kopf.on.event(
+    "coordination.k8s.io",
+    "v1",
+    "leases",
+    labels={names.TARGET_KIND_LABEL: build.SESSION_TARGET_KIND},
+)
+async def session_activity_changed(
+    namespace: str | None, labels: Mapping[str, str], **_: Any
+) -> None:
+    if namespace and names.TARGET_NAME_LABEL in labels:
+        await reconcile(current(), namespace, labels[names.TARGET_NAME_LABEL])

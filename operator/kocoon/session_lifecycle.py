@@ -1,0 +1,523 @@
+"""The AgentSession life cycle as a pure function: (spec, what is observed, now) → what to do.
+
+A session is the logical, always-present half of "one session, one runtime": it owns one
+Sandbox (named like the session) while it has compute or hibernated state, one token Secret and
+one activity Lease. Its phase mirrors its Sandbox's, plus Expired:
+
+    Pending → (the Sandbox's phases: Starting, Running, Hibernating, Hibernated, Waking) → Expired
+
+- maxLifetime counts from status.startTime (from creation while the session never ran); the
+  template's shutdownTime, when earlier, ends the session too. On expiry the Sandbox is
+  hibernated and kept for `retention` (its workspace and checkpoint), then deleted; without
+  retention it is deleted at once.
+- While not expired, a Sandbox hibernated for longer than `retention` loses its memory
+  checkpoint (it then wakes cold from its workspace).
+- The router writes activity and wake requests on the session's Lease; they are carried to
+  the Sandbox's Lease, where the Sandbox controller acts on them.
+- The token is created once and rotated on request; the previous token stays valid for
+  TOKEN_GRACE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from kocoon.api.common import Condition
+from kocoon.api.conditions import ConditionType, Reason, SandboxPhase, SessionPhase
+from kocoon.api.sandbox import Usage
+from kocoon.api.session import AgentSessionSpec
+from kocoon.lifecycle import Activity
+
+# How long a rotated-out token keeps working, so clients can move to the new one.
+TOKEN_GRACE = timedelta(minutes=5)
+
+
+class SessionCondition(StrEnum):
+    """Condition types only a session has (the shared ones are in api.conditions)."""
+
+    PREVIOUS_TOKEN_ACCEPTED = "PreviousTokenAccepted"
+
+
+class SessionReason(StrEnum):
+    """Reasons only a session gives (the shared ones are in api.conditions)."""
+
+    SANDBOX_CREATING = "SandboxCreating"
+    SANDBOX_REPLACING = "SandboxReplacing"
+    SANDBOX_NAME_TAKEN = "SandboxNameTaken"
+    INVALID_SANDBOX_TEMPLATE = "InvalidSandboxTemplate"
+    TOKEN_ROTATED = "TokenRotated"
+    PREVIOUS_TOKEN_EXPIRED = "PreviousTokenExpired"
+    HIBERNATED_STATE_RELEASED = "HibernatedStateReleased"
+
+
+@dataclass(frozen=True)
+class ConditionView:
+    status: str
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class SandboxView:
+    """What the session reads from the Sandbox named like it."""
+
+    uid: str
+    owned: bool  # its controller owner reference is this session
+    phase: SandboxPhase | None = None
+    phase_since: datetime | None = None
+    deleting: bool = False
+    ready: ConditionView | None = None
+    hibernated: ConditionView | None = None
+    has_checkpoint: bool = False
+    usage: Usage | None = None
+    last_activity: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """What the session reads from its token Secret."""
+
+    has_previous: bool = False
+    rotation: str | None = None  # the rotation request last carried out
+    rotated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    name: str
+    spec: AgentSessionSpec
+    generation: int
+    created: datetime
+    now: datetime
+    phase: SessionPhase | None = None
+    start_time: datetime | None = None
+    sandbox: SandboxView | None = None
+    token: TokenView | None = None  # None: the Secret does not exist
+    rotate_request: str | None = None  # the session's rotate-token annotation
+    activity: Activity = field(default_factory=Activity)  # the session's Lease
+    sandbox_activity: Activity = field(default_factory=Activity)  # the Sandbox's Lease
+    # Set when the template with the session's policies is not a valid Sandbox.
+    template_error: str | None = None
+
+
+class SandboxIntent(StrEnum):
+    """What should happen to the Sandbox."""
+
+    RUN = "Run"  # apply it with the session's policies (creates it when missing)
+    HIBERNATE = "Hibernate"  # apply it asleep: an expired session's retained state
+    DELETE = "Delete"
+    LEAVE = "Leave"  # touch nothing (not ours, going away, or gone)
+
+
+class Action(StrEnum):
+    CREATE_TOKEN = "CreateToken"
+    ROTATE_TOKEN = "RotateToken"
+    DROP_PREVIOUS_TOKEN = "DropPreviousToken"
+    FORWARD_WAKE = "ForwardWake"
+    CLEAR_WAKE_REQUEST = "ClearWakeRequest"
+    MIRROR_ACTIVITY = "MirrorActivity"
+    RELEASE_CHECKPOINT = "ReleaseCheckpoint"
+
+
+@dataclass(frozen=True)
+class ConditionUpdate:
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    phase: SessionPhase
+    sandbox: SandboxIntent
+    actions: tuple[Action, ...] = ()
+    conditions: tuple[ConditionUpdate, ...] = ()
+    events: tuple[Event, ...] = ()
+    # Whether status.sandboxRef names the Sandbox.
+    sandbox_ref: bool = False
+    start_time: datetime | None = None
+    requeue_after: float | None = None
+
+
+# --- deadlines -------------------------------------------------------------------------------
+
+
+def expiry(observed: Observed) -> tuple[datetime, Reason] | None:
+    """When the session ends, and why; None when it never does."""
+    candidates: list[tuple[datetime, Reason]] = []
+    if observed.spec.max_lifetime is not None:
+        since = observed.start_time or observed.created
+        candidates.append((since + observed.spec.max_lifetime, Reason.MAX_LIFETIME_REACHED))
+    shutdown = observed.spec.sandbox_template.shutdown_time
+    if shutdown is not None:
+        candidates.append((shutdown, Reason.SHUTDOWN_TIME_REACHED))
+    return min(candidates, key=lambda c: c[0]) if candidates else None
+
+
+def checkpoint_release_due(observed: Observed) -> datetime | None:
+    """When the hibernated Sandbox's memory checkpoint outlives `retention`; None if never."""
+    sandbox = observed.sandbox
+    retention = observed.spec.retention
+    if (
+        retention is None
+        or sandbox is None
+        or sandbox.phase is not SandboxPhase.HIBERNATED
+        or not sandbox.has_checkpoint
+        or sandbox.phase_since is None
+    ):
+        return None
+    return sandbox.phase_since + retention
+
+
+def _seconds_until(now: datetime, moments: list[datetime | None]) -> float | None:
+    future = [m for m in moments if m is not None]
+    if not future:
+        return None
+    return max(0.5, (min(future) - now).total_seconds())
+
+
+# --- the decision ----------------------------------------------------------------------------
+
+
+def decide(observed: Observed) -> Decision:
+    token_actions, token_conditions, token_events, token_due = _token(observed)
+    if observed.template_error is not None:
+        decision = _invalid(observed)
+    else:
+        ends = expiry(observed)
+        if ends is not None and observed.now >= ends[0]:
+            decision = _expired(observed, *ends)
+        else:
+            decision = _live(observed, ends[0] if ends else None)
+    requeue = [
+        token_due,
+        observed.now + timedelta(seconds=decision.requeue_after)
+        if decision.requeue_after is not None
+        else None,
+    ]
+    return Decision(
+        phase=decision.phase,
+        sandbox=decision.sandbox,
+        actions=token_actions + decision.actions,
+        conditions=decision.conditions + token_conditions,
+        events=token_events + decision.events,
+        sandbox_ref=decision.sandbox_ref,
+        start_time=decision.start_time,
+        requeue_after=_seconds_until(observed.now, requeue),
+    )
+
+
+def _phase_event(
+    observed: Observed, phase: SessionPhase, reason: str, message: str
+) -> tuple[Event, ...]:
+    if phase == observed.phase:
+        return ()
+    return (Event(reason, f"{observed.phase or 'New'} → {phase}: {message}".strip()),)
+
+
+def _invalid(observed: Observed) -> Decision:
+    message = f"the Sandbox made from this session is invalid: {observed.template_error}"
+    return Decision(
+        phase=SessionPhase.FAILED,
+        sandbox=SandboxIntent.LEAVE,
+        conditions=(
+            ConditionUpdate(
+                ConditionType.READY, False, SessionReason.INVALID_SANDBOX_TEMPLATE, message
+            ),
+        ),
+        events=(Event(SessionReason.INVALID_SANDBOX_TEMPLATE, message, warning=True),)
+        if observed.phase is not SessionPhase.FAILED
+        else (),
+        sandbox_ref=observed.sandbox is not None and observed.sandbox.owned,
+    )
+
+
+def _expired(observed: Observed, at: datetime, why: Reason) -> Decision:
+    sandbox = observed.sandbox
+    retention = observed.spec.retention
+    keep_until = at + retention if retention is not None else None
+    ours = sandbox is not None and sandbox.owned and not sandbox.deleting
+    if not ours:
+        intent = SandboxIntent.LEAVE
+    elif keep_until is not None and observed.now < keep_until:
+        intent = SandboxIntent.HIBERNATE
+    else:
+        intent = SandboxIntent.DELETE
+    what = (
+        f"maxLifetime {observed.spec.max_lifetime}"
+        if why is Reason.MAX_LIFETIME_REACHED
+        else f"sandboxTemplate.shutdownTime {observed.spec.sandbox_template.shutdown_time}"
+    )
+    kept = (
+        f"; its state is kept until {keep_until:%Y-%m-%dT%H:%M:%SZ} (retention {retention})"
+        if intent is SandboxIntent.HIBERNATE
+        else "; its Sandbox is deleted"
+    )
+    message = f"{what} reached at {at:%Y-%m-%dT%H:%M:%SZ}{kept}"
+    return Decision(
+        phase=SessionPhase.EXPIRED,
+        sandbox=intent,
+        actions=(Action.CLEAR_WAKE_REQUEST,) if observed.activity.wake_requested_at else (),
+        conditions=(
+            ConditionUpdate(ConditionType.EXPIRED, True, why, message),
+            ConditionUpdate(ConditionType.READY, False, why, "the session expired"),
+        ),
+        events=_phase_event(observed, SessionPhase.EXPIRED, why, message),
+        sandbox_ref=sandbox is not None and sandbox.owned,
+        requeue_after=_seconds_until(observed.now, [keep_until])
+        if intent is SandboxIntent.HIBERNATE
+        else None,
+    )
+
+
+def _live(observed: Observed, ends: datetime | None) -> Decision:
+    sandbox = observed.sandbox
+    if sandbox is None or sandbox.deleting:
+        replacing = sandbox is not None
+        reason = SessionReason.SANDBOX_REPLACING if replacing else SessionReason.SANDBOX_CREATING
+        message = (
+            "the Sandbox is being deleted; a new one is created when it is gone"
+            if replacing
+            else "creating the Sandbox"
+        )
+        return Decision(
+            phase=SessionPhase.PENDING,
+            sandbox=SandboxIntent.LEAVE if replacing else SandboxIntent.RUN,
+            conditions=(ConditionUpdate(ConditionType.READY, False, reason, message),),
+            events=_phase_event(observed, SessionPhase.PENDING, reason, message)
+            if observed.phase is not None
+            else (),
+            sandbox_ref=replacing and sandbox is not None and sandbox.owned,
+            requeue_after=1.0 if replacing else _seconds_until(observed.now, [ends]),
+        )
+    if not sandbox.owned:
+        message = (
+            f"a Sandbox named {observed.name} exists and is not controlled by this"
+            " session: delete that Sandbox or give the session another name"
+        )
+        return Decision(
+            phase=SessionPhase.FAILED,
+            sandbox=SandboxIntent.LEAVE,
+            conditions=(
+                ConditionUpdate(
+                    ConditionType.READY, False, SessionReason.SANDBOX_NAME_TAKEN, message
+                ),
+            ),
+            events=(Event(SessionReason.SANDBOX_NAME_TAKEN, message, warning=True),)
+            if observed.phase is not SessionPhase.FAILED
+            else (),
+        )
+    phase = SessionPhase(sandbox.phase.value) if sandbox.phase else SessionPhase.PENDING
+    ready = sandbox.ready or ConditionView("False", SessionReason.SANDBOX_CREATING, "")
+    conditions = [
+        ConditionUpdate(ConditionType.READY, ready.status == "True", ready.reason, ready.message)
+    ]
+    if sandbox.hibernated is not None:
+        hibernated = sandbox.hibernated
+        conditions.append(
+            ConditionUpdate(
+                ConditionType.HIBERNATED,
+                hibernated.status == "True",
+                hibernated.reason,
+                hibernated.message,
+            )
+        )
+    actions = _carry_activity(observed, sandbox)
+    release_at = checkpoint_release_due(observed)
+    events = list(_phase_event(observed, phase, ready.reason, _phase_message(sandbox, ready)))
+    if release_at is not None and observed.now >= release_at:
+        actions += (Action.RELEASE_CHECKPOINT,)
+        events.append(
+            Event(
+                SessionReason.HIBERNATED_STATE_RELEASED,
+                f"hibernated for longer than retention {observed.spec.retention}: the memory"
+                " checkpoint is released; the session wakes cold from its workspace",
+            )
+        )
+        release_at = None
+    start = observed.now if observed.start_time is None and phase is SessionPhase.RUNNING else None
+    return Decision(
+        phase=phase,
+        sandbox=SandboxIntent.RUN,
+        actions=actions,
+        conditions=tuple(conditions),
+        events=tuple(events),
+        sandbox_ref=True,
+        start_time=start,
+        requeue_after=_seconds_until(observed.now, [ends, release_at]),
+    )
+
+
+def _phase_message(sandbox: SandboxView, ready: ConditionView) -> str:
+    if sandbox.phase is SandboxPhase.HIBERNATED and sandbox.hibernated is not None:
+        return f"the Sandbox hibernated ({sandbox.hibernated.reason}: {sandbox.hibernated.message})"
+    return f"the Sandbox is {sandbox.phase or 'Pending'}" + (
+        f" ({ready.message})" if ready.message else ""
+    )
+
+
+def _carry_activity(observed: Observed, sandbox: SandboxView) -> tuple[Action, ...]:
+    """Carry the session Lease's wake request and activity to the Sandbox's Lease."""
+    actions: list[Action] = []
+    if observed.activity.wake_requested_at is not None:
+        cannot_wake = observed.spec.operating_mode == "Hibernated"
+        acted = sandbox.phase in (SandboxPhase.RUNNING, SandboxPhase.FAILED)
+        if cannot_wake or acted:
+            actions.append(Action.CLEAR_WAKE_REQUEST)
+        elif observed.sandbox_activity.wake_requested_at is None:
+            actions.append(Action.FORWARD_WAKE)
+    if activity_to_mirror(observed.activity, observed.sandbox_activity):
+        actions.append(Action.MIRROR_ACTIVITY)
+    return tuple(actions)
+
+
+def activity_to_mirror(session: Activity, sandbox: Activity) -> bool:
+    """Whether the session's activity is news to its Sandbox: a later request, or a changed
+    in-flight count for the same last request."""
+    if session.last_request is None:
+        return False
+    if sandbox.last_request is None or session.last_request > sandbox.last_request:
+        return True
+    return session.last_request == sandbox.last_request and session.in_flight != sandbox.in_flight
+
+
+def _token(
+    observed: Observed,
+) -> tuple[tuple[Action, ...], tuple[ConditionUpdate, ...], tuple[Event, ...], datetime | None]:
+    """Create the token once; rotate on a new request; drop the previous after the grace."""
+    token = observed.token
+    if token is None:
+        return (Action.CREATE_TOKEN,), (), (), None
+    now = observed.now
+    request = observed.rotate_request
+    if request is not None and request != token.rotation:
+        until = now + TOKEN_GRACE
+        message = (
+            f"token rotated (request {request!r}); the previous token is accepted until"
+            f" {until:%Y-%m-%dT%H:%M:%SZ}"
+        )
+        return (
+            (Action.ROTATE_TOKEN,),
+            (
+                ConditionUpdate(
+                    SessionCondition.PREVIOUS_TOKEN_ACCEPTED,
+                    True,
+                    SessionReason.TOKEN_ROTATED,
+                    message,
+                ),
+            ),
+            (Event(SessionReason.TOKEN_ROTATED, message),),
+            until,
+        )
+    if token.rotation is None and not token.has_previous:
+        return (), (), (), None
+    expires = token.rotated_at + TOKEN_GRACE if token.rotated_at is not None else None
+    if token.has_previous and expires is not None and now < expires:
+        message = f"the previous token is accepted until {expires:%Y-%m-%dT%H:%M:%SZ}"
+        return (
+            (),
+            (
+                ConditionUpdate(
+                    SessionCondition.PREVIOUS_TOKEN_ACCEPTED,
+                    True,
+                    SessionReason.TOKEN_ROTATED,
+                    message,
+                ),
+            ),
+            (),
+            expires,
+        )
+    # A previousToken without a rotation time was not written by the operator: leave it.
+    drop = (Action.DROP_PREVIOUS_TOKEN,) if token.has_previous and expires is not None else ()
+    return (
+        drop,
+        (
+            ConditionUpdate(
+                SessionCondition.PREVIOUS_TOKEN_ACCEPTED,
+                False,
+                SessionReason.PREVIOUS_TOKEN_EXPIRED,
+                f"only the current token is accepted (grace period {TOKEN_GRACE} over)",
+            ),
+        ),
+        (),
+        None,
+    )
+
+
+# --- conditions and usage --------------------------------------------------------------------
+
+
+def merge_conditions(
+    existing: list[Condition],
+    updates: tuple[ConditionUpdate, ...],
+    generation: int,
+    now: datetime,
+) -> list[Condition]:
+    """Apply updates; a condition's transition time changes only when its status does."""
+    by_type = {c.type: c for c in existing}
+    for update in updates:
+        status = "True" if update.status else "False"
+        old = by_type.get(update.type)
+        changed = old is None or old.status != status
+        by_type[update.type] = Condition(
+            type=update.type,
+            status=status,
+            reason=update.reason,
+            message=update.message,
+            last_transition_time=now if changed or old is None else old.last_transition_time,
+            observed_generation=generation,
+        )
+    return sorted(by_type.values(), key=lambda c: c.type)
+
+
+@dataclass(frozen=True)
+class UsageLedger:
+    """What makes the session's usage outlive its sandboxes.
+
+    `retired` sums the sandboxes that are gone; `sandbox_uid` names the one whose usage the
+    session's status total holds on top of `retired`. When that Sandbox is gone, the total
+    last written is exactly retired + its final usage, so it becomes the new `retired`.
+    """
+
+    retired: Usage = field(default_factory=Usage)
+    sandbox_uid: str | None = None
+
+
+def add_usage(retired: Usage, current: Usage | None) -> Usage:
+    if current is None:
+        return retired
+    return Usage(
+        active_seconds=round(retired.active_seconds + current.active_seconds, 3),
+        idle_seconds=round(retired.idle_seconds + current.idle_seconds, 3),
+        hibernated_seconds=round(retired.hibernated_seconds + current.hibernated_seconds, 3),
+        gpu_seconds=round(retired.gpu_seconds + current.gpu_seconds, 3),
+        wake_count=retired.wake_count + current.wake_count,
+        last_wake_latency_seconds=current.last_wake_latency_seconds
+        if current.last_wake_latency_seconds is not None
+        else retired.last_wake_latency_seconds,
+        accounted_until=current.accounted_until or retired.accounted_until,
+    )
+
+
+def account_usage(
+    ledger: UsageLedger,
+    last_total: Usage | None,
+    sandbox_uid: str | None,
+    sandbox_usage: Usage | None,
+) -> tuple[UsageLedger, Usage]:
+    """The ledger after this observation, and the session's total usage."""
+    if ledger.sandbox_uid is not None and ledger.sandbox_uid != sandbox_uid:
+        ledger = UsageLedger(retired=last_total or ledger.retired, sandbox_uid=None)
+    if sandbox_uid is not None and ledger.sandbox_uid != sandbox_uid:
+        ledger = UsageLedger(retired=ledger.retired, sandbox_uid=sandbox_uid)
+    return ledger, add_usage(ledger.retired, sandbox_usage if sandbox_uid else None)
