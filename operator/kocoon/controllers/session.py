@@ -228,7 +228,6 @@ async def _act(ctx: OperatorContext, action: sl.Action, seen: Seen) -> None:
         await client.merge_patch(
             ctx.api, SECRET, owner.namespace, build.token_secret_name(owner.name), patch
         )
-        log.info("token rotated", extra={"session": f"{owner.namespace}/{owner.name}"})
     elif action is sl.Action.DROP_PREVIOUS_TOKEN:
         await client.merge_patch(
             ctx.api,
@@ -238,18 +237,12 @@ async def _act(ctx: OperatorContext, action: sl.Action, seen: Seen) -> None:
             build.drop_previous_token_patch(),
         )
     elif action is sl.Action.FORWARD_WAKE and observed.activity.wake_requested_at is not None:
-        await _patch_lease(ctx, owner.namespace, sandbox_lease, build.wake_patch(
-            observed.activity.wake_requested_at
-        ))  # fmt: skip
+        patch = build.wake_patch(observed.activity.wake_requested_at)
+        await _patch_lease(ctx, owner.namespace, sandbox_lease, patch)
     elif action is sl.Action.MIRROR_ACTIVITY and observed.activity.last_request is not None:
         activity = observed.activity
-        assert activity.last_request is not None
-        await _patch_lease(
-            ctx,
-            owner.namespace,
-            sandbox_lease,
-            build.activity_patch(activity.last_request, activity.in_flight),
-        )
+        patch = build.activity_patch(observed.activity.last_request, activity.in_flight)
+        await _patch_lease(ctx, owner.namespace, sandbox_lease, patch)
     elif action is sl.Action.CLEAR_WAKE_REQUEST:
         await _patch_lease(
             ctx, owner.namespace, build.activity_lease_name(owner.name), build.clear_wake_patch()
@@ -410,10 +403,8 @@ async def _write_status(
         )
     for event in decision_events:
         log.info(event.message, extra={"session": f"{owner.namespace}/{owner.name}"})
-        await events.post(
-            ctx.api, body, events.WARNING if event.warning else events.NORMAL, event.reason,
-            event.message,
-        )  # fmt: skip
+        event_type = events.WARNING if event.warning else events.NORMAL
+        await events.post(ctx.api, body, event_type, event.reason, event.message)
 
 
 def _with_address(

@@ -1,0 +1,302 @@
+"""The AgentSession controller on the local cluster, with the operator as a real process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from kocoon.devcluster import Cluster
+from tests.conftest import OperatorProcess
+from tests.controllers.helpers import get, new_namespace, wait_for
+
+pytestmark = pytest.mark.integration
+
+TEMPLATE: dict[str, Any] = {
+    "template": {"image": "busybox", "ports": [{"name": "http", "containerPort": 8080}]},
+    "runtimeClassName": "runc",
+    "network": {"exposedPorts": ["http"]},
+    "workspace": {"size": "1Gi"},
+}
+
+
+def create(cluster: Cluster, namespace: str, name: str, **spec: Any) -> None:
+    manifest = {
+        "apiVersion": "kocoon.io/v1alpha1",
+        "kind": "AgentSession",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "owner": {"user": "alice@example.com"},
+            "sandboxTemplate": TEMPLATE,
+            "hibernation": "filesystem",
+            **spec,
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def session(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    found = get(cluster, "agentsession", namespace, name)
+    assert found is not None, f"session {namespace}/{name} is gone"
+    return found
+
+
+def wait_session(
+    cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 40
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        found = get(cluster, "agentsession", namespace, name)
+        if found and found.get("status", {}).get("phase") == phase:
+            return found
+        return None
+
+    result: dict[str, Any] = wait_for(f"session {name} to be {phase}", probe, timeout)
+    return result
+
+
+def sandbox_phase(cluster: Cluster, namespace: str, name: str) -> str | None:
+    found = get(cluster, "sandbox", namespace, name)
+    return None if found is None else found.get("status", {}).get("phase")
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in obj["status"].get("conditions", [])}
+
+
+def annotations(obj: dict[str, Any] | None) -> dict[str, str]:
+    return dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
+
+
+def stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def annotate(cluster: Cluster, kind: str, namespace: str, name: str, value: str) -> None:
+    cluster.kubectl("annotate", kind, name, "-n", namespace, value, "--overwrite")
+
+
+def secret_value(secret: dict[str, Any], key: str) -> str | None:
+    encoded = secret.get("data", {}).get(key)
+    return base64.b64decode(encoded).decode() if encoded else None
+
+
+def events_of(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    selector = f"involvedObject.name={name},involvedObject.kind=AgentSession"
+    out = cluster.kubectl(
+        "get", "events", "-n", namespace, "-o", "json", f"--field-selector={selector}"
+    ).stdout
+    return [event["reason"] for event in json.loads(out)["items"]]
+
+
+def test_a_session_creates_its_sandbox_token_and_route(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "sess")
+    create(cluster, namespace, "s")
+    running = wait_session(cluster, namespace, "s", "Running")
+    status = running["status"]
+    assert status["endpoint"] == f"/sessions/{namespace}/s/"
+    assert status["sandboxRef"] == {"name": "s"}
+    assert status["tokenSecretRef"] == {"name": "s-token", "key": "token"}
+    assert status["startTime"]
+    ready = conditions(running)["Ready"]
+    assert ready["status"] == "True"
+    assert f"/sessions/{namespace}/s/" in ready["message"]
+
+    sandbox = get(cluster, "sandbox", namespace, "s")
+    assert sandbox is not None
+    [owner] = sandbox["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == (
+        "AgentSession",
+        running["metadata"]["uid"],
+        True,
+    )
+    assert sandbox["spec"]["hibernation"] == "filesystem"  # the session's policy
+    assert sandbox["status"]["tokenSecretRef"]["name"] == "s-token"  # one token for both
+    pod = get(cluster, "pod", namespace, "s")
+    assert pod is not None
+    assert pod["spec"]["nodeName"].startswith("kwok-")
+
+    secret = get(cluster, "secret", namespace, "s-token")
+    assert secret is not None
+    assert secret["metadata"]["labels"]["kocoon.io/router-token"] == "true"
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "AgentSession"
+    token = secret_value(secret, "token")
+    assert token is not None
+    assert len(base64.urlsafe_b64decode(token + "=")) == 32
+    lease = get(cluster, "lease", namespace, "kocoon-activity-agentsession-s")
+    assert lease is not None
+    assert lease["metadata"]["ownerReferences"][0]["uid"] == running["metadata"]["uid"]
+
+    # A template change reaches the Sandbox; the token is not rewritten.
+    cluster.kubectl(
+        "patch",
+        "agentsession",
+        "s",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"sandboxTemplate": {"template": {"args": ["sleep", "1d"]}}}}),
+    )
+    wait_for(
+        "the template change on the Sandbox",
+        lambda: (
+            (get(cluster, "sandbox", namespace, "s") or {})
+            .get("spec", {})
+            .get("template", {})
+            .get("args")
+            == ["sleep", "1d"]
+        ),
+    )
+    again = get(cluster, "secret", namespace, "s-token")
+    assert again is not None
+    assert secret_value(again, "token") == token
+
+
+def test_an_idle_session_hibernates_and_a_wake_for_the_session_wakes_it(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "sidle")
+    create(cluster, namespace, "s", idleTimeout="3s")
+    wait_session(cluster, namespace, "s", "Running")
+    hibernated = wait_session(cluster, namespace, "s", "Hibernated", timeout=40)
+    assert sandbox_phase(cluster, namespace, "s") == "Hibernated"
+    assert conditions(hibernated)["Hibernated"]["reason"] == "IdleTimeout"
+    assert hibernated["status"]["sandboxRef"] == {"name": "s"}  # the route stays
+    assert get(cluster, "pod", namespace, "s") is None
+    assert get(cluster, "pvc", namespace, "s-workspace") is not None
+
+    # What the router does for a request to the session: a wake on the session's Lease.
+    annotate(
+        cluster,
+        "lease",
+        namespace,
+        "kocoon-activity-agentsession-s",
+        f"kocoon.io/wake-requested-at={stamp()}",
+    )
+    woke = wait_session(cluster, namespace, "s", "Running")
+    assert woke["status"]["usage"]["wakeCount"] == 1
+    wait_for(
+        "the session's wake request to be cleared",
+        lambda: (
+            "kocoon.io/wake-requested-at"
+            not in annotations(get(cluster, "lease", namespace, "kocoon-activity-agentsession-s"))
+        ),
+    )
+    assert "SandboxWaking" in events_of(cluster, namespace, "s")
+
+    # Activity on the session's Lease reaches the Sandbox's Lease (its idle clock).
+    last = stamp()
+    annotate(
+        cluster,
+        "lease",
+        namespace,
+        "kocoon-activity-agentsession-s",
+        f"kocoon.io/last-request-at={last}",
+    )
+    wait_for(
+        "the session's activity on the Sandbox's Lease",
+        lambda: (
+            annotations(get(cluster, "lease", namespace, "kocoon-activity-sandbox-s")).get(
+                "kocoon.io/last-request-at"
+            )
+            == last
+        ),
+    )
+
+
+def test_token_rotation_keeps_the_old_token_as_previous(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "srot")
+    create(cluster, namespace, "s")
+    wait_session(cluster, namespace, "s", "Running")
+    before = get(cluster, "secret", namespace, "s-token")
+    assert before is not None
+    old = secret_value(before, "token")
+
+    annotate(cluster, "agentsession", namespace, "s", "kocoon.io/rotate-token=first")
+
+    def rotated() -> dict[str, Any] | None:
+        secret = get(cluster, "secret", namespace, "s-token")
+        return secret if secret and secret_value(secret, "previousToken") == old else None
+
+    secret = wait_for("the token to rotate", rotated)
+    new = secret_value(secret, "token")
+    assert new is not None
+    assert new != old
+    found = wait_for(
+        "the rotation in status",
+        lambda: conditions(session(cluster, namespace, "s")).get("PreviousTokenAccepted"),
+    )
+    assert found["status"] == "True"
+    assert found["reason"] == "TokenRotated"
+    assert "TokenRotated" in events_of(cluster, namespace, "s")
+    # The same request is carried out once.
+    time.sleep(3)  # a few reconciles (one a second in tests)
+    after = get(cluster, "secret", namespace, "s-token")
+    assert after is not None
+    assert secret_value(after, "token") == new
+
+
+def test_max_lifetime_expires_the_session_and_usage_survives_its_sandbox(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "sexp")
+    create(cluster, namespace, "s", maxLifetime="6s")
+    wait_session(cluster, namespace, "s", "Running")
+    expired = wait_session(cluster, namespace, "s", "Expired", timeout=40)
+    assert conditions(expired)["Expired"]["reason"] == "MaxLifetimeReached"
+    wait_for("the Sandbox to go", lambda: get(cluster, "sandbox", namespace, "s") is None)
+    gone = wait_for(
+        "the sandboxRef to be cleared",
+        lambda: (s := session(cluster, namespace, "s")) and "sandboxRef" not in s["status"] and s,
+    )
+    usage = gone["status"]["usage"]
+    assert usage.get("activeSeconds", 0) + usage.get("idleSeconds", 0) >= 3
+    assert get(cluster, "secret", namespace, "s-token") is not None  # the route's token stays
+    assert "MaxLifetimeReached" in events_of(cluster, namespace, "s")
+
+
+def test_an_expired_session_keeps_its_state_for_retention(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "sret")
+    create(cluster, namespace, "s", maxLifetime="4s", retention="8s")
+    wait_session(cluster, namespace, "s", "Running")
+    wait_session(cluster, namespace, "s", "Expired", timeout=40)
+    wait_for(
+        "the Sandbox to hibernate", lambda: sandbox_phase(cluster, namespace, "s") == "Hibernated"
+    )
+    sandbox = get(cluster, "sandbox", namespace, "s")
+    assert sandbox is not None
+    assert sandbox["spec"]["operatingMode"] == "Hibernated"
+    assert get(cluster, "pvc", namespace, "s-workspace") is not None
+    wait_for(
+        "the Sandbox to go after retention",
+        lambda: get(cluster, "sandbox", namespace, "s") is None,
+        timeout=30,
+    )
+
+
+def test_deleting_the_session_releases_everything(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "sdel")
+    create(cluster, namespace, "s")
+    wait_session(cluster, namespace, "s", "Running")
+    cluster.kubectl("delete", "agentsession", "s", "-n", namespace, "--wait=true")
+    for kind, name in [
+        ("sandbox", "s"),
+        ("secret", "s-token"),
+        ("lease", "kocoon-activity-agentsession-s"),
+        ("pod", "s"),
+    ]:
+        wait_for(
+            f"{kind} {name} to go", lambda k=kind, n=name: get(cluster, k, namespace, n) is None
+        )
