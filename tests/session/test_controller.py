@@ -300,3 +300,38 @@ def test_deleting_the_session_releases_everything(
         wait_for(
             f"{kind} {name} to go", lambda k=kind, n=name: get(cluster, k, namespace, n) is None
         )
+
+
+def test_retention_releases_the_checkpoint_of_a_long_hibernated_session(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "sckp")
+    create(cluster, namespace, "s", operatingMode="Hibernated", retention="3s")
+    wait_session(cluster, namespace, "s", "Hibernated")
+    # No node agent serves kwok nodes, so no real checkpoint exists: record one as the agent
+    # would have, and let retention release it (releasing on a node without an agent is a
+    # no-op by design, nothing there can leak).
+    checkpoint = {"id": "s-0123456789ab", "node": "kwok-cpu-0", "driver": "criu-runc"}
+    cluster.kubectl(
+        "patch",
+        "sandbox",
+        "s",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"checkpoint": checkpoint}}),
+    )
+
+    def released() -> dict[str, Any] | None:
+        sandbox = get(cluster, "sandbox", namespace, "s")
+        if sandbox is None or "checkpoint" in sandbox["status"]:
+            return None
+        return conditions(sandbox).get("CheckpointAvailable")
+
+    condition = wait_for("the checkpoint to be released", released, timeout=20)
+    assert condition["status"] == "False"
+    assert condition["reason"] == "CheckpointExpired"
+    assert sandbox_phase(cluster, namespace, "s") == "Hibernated"
+    assert "HibernatedStateReleased" in events_of(cluster, namespace, "s")
