@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,8 +68,12 @@ def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in obj["status"].get("conditions", [])}
 
 
-def annotations(obj: dict[str, Any] | None) -> dict[str, str]:
+def annotations_of(obj: dict[str, Any] | None) -> dict[str, str]:
     return dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
+
+
+def gone(cluster: Cluster, kind: str, namespace: str, name: str) -> Callable[[], bool]:
+    return lambda: get(cluster, kind, namespace, name) is None
 
 
 def stamp() -> str:
@@ -185,7 +190,9 @@ def test_an_idle_session_hibernates_and_a_wake_for_the_session_wakes_it(
         "the session's wake request to be cleared",
         lambda: (
             "kocoon.io/wake-requested-at"
-            not in annotations(get(cluster, "lease", namespace, "kocoon-activity-agentsession-s"))
+            not in annotations_of(
+                get(cluster, "lease", namespace, "kocoon-activity-agentsession-s")
+            )
         ),
     )
     assert "SandboxWaking" in events_of(cluster, namespace, "s")
@@ -202,7 +209,7 @@ def test_an_idle_session_hibernates_and_a_wake_for_the_session_wakes_it(
     wait_for(
         "the session's activity on the Sandbox's Lease",
         lambda: (
-            annotations(get(cluster, "lease", namespace, "kocoon-activity-sandbox-s")).get(
+            annotations_of(get(cluster, "lease", namespace, "kocoon-activity-sandbox-s")).get(
                 "kocoon.io/last-request-at"
             )
             == last
@@ -297,9 +304,7 @@ def test_deleting_the_session_releases_everything(
         ("lease", "kocoon-activity-agentsession-s"),
         ("pod", "s"),
     ]:
-        wait_for(
-            f"{kind} {name} to go", lambda k=kind, n=name: get(cluster, k, namespace, n) is None
-        )
+        wait_for(f"{kind} {name} to go", gone(cluster, kind, namespace, name))
 
 
 def test_retention_releases_the_checkpoint_of_a_long_hibernated_session(
