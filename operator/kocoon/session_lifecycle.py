@@ -34,24 +34,6 @@ from kocoon.lifecycle import Activity
 TOKEN_GRACE = timedelta(minutes=5)
 
 
-class SessionCondition(StrEnum):
-    """Condition types only a session has (the shared ones are in api.conditions)."""
-
-    PREVIOUS_TOKEN_ACCEPTED = "PreviousTokenAccepted"
-
-
-class SessionReason(StrEnum):
-    """Reasons only a session gives (the shared ones are in api.conditions)."""
-
-    SANDBOX_CREATING = "SandboxCreating"
-    SANDBOX_REPLACING = "SandboxReplacing"
-    SANDBOX_NAME_TAKEN = "SandboxNameTaken"
-    INVALID_SANDBOX_TEMPLATE = "InvalidSandboxTemplate"
-    TOKEN_ROTATED = "TokenRotated"
-    PREVIOUS_TOKEN_EXPIRED = "PreviousTokenExpired"
-    HIBERNATED_STATE_RELEASED = "HibernatedStateReleased"
-
-
 @dataclass(frozen=True)
 class ConditionView:
     status: str
@@ -231,11 +213,9 @@ def _invalid(observed: Observed) -> Decision:
         phase=SessionPhase.FAILED,
         sandbox=SandboxIntent.LEAVE,
         conditions=(
-            ConditionUpdate(
-                ConditionType.READY, False, SessionReason.INVALID_SANDBOX_TEMPLATE, message
-            ),
+            ConditionUpdate(ConditionType.READY, False, Reason.INVALID_SANDBOX_TEMPLATE, message),
         ),
-        events=(Event(SessionReason.INVALID_SANDBOX_TEMPLATE, message, warning=True),)
+        events=(Event(Reason.INVALID_SANDBOX_TEMPLATE, message, warning=True),)
         if observed.phase is not SessionPhase.FAILED
         else (),
         sandbox_ref=observed.sandbox is not None and observed.sandbox.owned,
@@ -284,7 +264,7 @@ def _live(observed: Observed, ends: datetime | None) -> Decision:
     sandbox = observed.sandbox
     if sandbox is None or sandbox.deleting:
         replacing = sandbox is not None
-        reason = SessionReason.SANDBOX_REPLACING if replacing else SessionReason.SANDBOX_CREATING
+        reason = Reason.SANDBOX_REPLACING if replacing else Reason.SANDBOX_CREATING
         message = (
             "the Sandbox is being deleted; a new one is created when it is gone"
             if replacing
@@ -309,16 +289,14 @@ def _live(observed: Observed, ends: datetime | None) -> Decision:
             phase=SessionPhase.FAILED,
             sandbox=SandboxIntent.LEAVE,
             conditions=(
-                ConditionUpdate(
-                    ConditionType.READY, False, SessionReason.SANDBOX_NAME_TAKEN, message
-                ),
+                ConditionUpdate(ConditionType.READY, False, Reason.SANDBOX_NAME_TAKEN, message),
             ),
-            events=(Event(SessionReason.SANDBOX_NAME_TAKEN, message, warning=True),)
+            events=(Event(Reason.SANDBOX_NAME_TAKEN, message, warning=True),)
             if observed.phase is not SessionPhase.FAILED
             else (),
         )
     phase = SessionPhase(sandbox.phase.value) if sandbox.phase else SessionPhase.PENDING
-    ready = sandbox.ready or ConditionView("False", SessionReason.SANDBOX_CREATING, "")
+    ready = sandbox.ready or ConditionView("False", Reason.SANDBOX_CREATING, "")
     conditions = [
         ConditionUpdate(ConditionType.READY, ready.status == "True", ready.reason, ready.message)
     ]
@@ -339,7 +317,7 @@ def _live(observed: Observed, ends: datetime | None) -> Decision:
         actions += (Action.RELEASE_CHECKPOINT,)
         events.append(
             Event(
-                SessionReason.HIBERNATED_STATE_RELEASED,
+                Reason.HIBERNATED_STATE_RELEASED,
                 f"hibernated for longer than retention {observed.spec.retention}: the memory"
                 " checkpoint is released; the session wakes cold from its workspace",
             )
@@ -410,13 +388,13 @@ def _token(
             (Action.ROTATE_TOKEN,),
             (
                 ConditionUpdate(
-                    SessionCondition.PREVIOUS_TOKEN_ACCEPTED,
+                    ConditionType.PREVIOUS_TOKEN_ACCEPTED,
                     True,
-                    SessionReason.TOKEN_ROTATED,
+                    Reason.TOKEN_ROTATED,
                     message,
                 ),
             ),
-            (Event(SessionReason.TOKEN_ROTATED, message),),
+            (Event(Reason.TOKEN_ROTATED, message),),
             until,
         )
     if token.rotation is None and not token.has_previous:
@@ -428,9 +406,9 @@ def _token(
             (),
             (
                 ConditionUpdate(
-                    SessionCondition.PREVIOUS_TOKEN_ACCEPTED,
+                    ConditionType.PREVIOUS_TOKEN_ACCEPTED,
                     True,
-                    SessionReason.TOKEN_ROTATED,
+                    Reason.TOKEN_ROTATED,
                     message,
                 ),
             ),
@@ -443,9 +421,9 @@ def _token(
         drop,
         (
             ConditionUpdate(
-                SessionCondition.PREVIOUS_TOKEN_ACCEPTED,
+                ConditionType.PREVIOUS_TOKEN_ACCEPTED,
                 False,
-                SessionReason.PREVIOUS_TOKEN_EXPIRED,
+                Reason.PREVIOUS_TOKEN_EXPIRED,
                 f"only the current token is accepted (grace period {TOKEN_GRACE} over)",
             ),
         ),

@@ -50,12 +50,21 @@ def test_target_without_secret_has_no_tokens() -> None:
     assert route.token_hashes == frozenset()
 
 
-def test_failed_phase_is_unroutable() -> None:
+@pytest.mark.parametrize("phase", ["Failed", "Terminating", "Expired"])
+def test_phases_that_never_come_back_are_unroutable(phase: str) -> None:
     table = RoutingTable()
-    table.upsert_backend(SANDBOX, BackendView("Failed", False, ()))
+    table.upsert_backend(SANDBOX, BackendView(phase, False, ()))
     route = table.resolve(SANDBOX)
     assert route is not None
     assert route.unroutable
+
+
+def test_a_hibernated_target_is_routable_and_held() -> None:
+    table = RoutingTable()
+    table.upsert_backend(SANDBOX, BackendView("Hibernated", False, ()))
+    route = table.resolve(SANDBOX)
+    assert route is not None
+    assert not route.unroutable
 
 
 def test_listeners_hear_every_change_and_endpoints_rotate() -> None:

@@ -256,13 +256,13 @@ def test_activity_is_mirrored_when_it_is_news_to_the_sandbox() -> None:
 def test_a_new_rotation_request_rotates_once() -> None:
     decision = sl.decide(observed(rotate_request="1", sandbox=sandbox()))
     assert Action.ROTATE_TOKEN in decision.actions
-    found = conditions(decision)[sl.SessionCondition.PREVIOUS_TOKEN_ACCEPTED]
+    found = conditions(decision)[ConditionType.PREVIOUS_TOKEN_ACCEPTED]
     assert found.status is True
-    assert next(e.reason for e in decision.events) == sl.SessionReason.TOKEN_ROTATED
+    assert next(e.reason for e in decision.events) == Reason.TOKEN_ROTATED
     done = sl.TokenView(has_previous=True, rotation="1", rotated_at=NOW)
     again = sl.decide(observed(rotate_request="1", token=done, sandbox=sandbox()))
     assert Action.ROTATE_TOKEN not in again.actions
-    assert conditions(again)[sl.SessionCondition.PREVIOUS_TOKEN_ACCEPTED].status is True
+    assert conditions(again)[ConditionType.PREVIOUS_TOKEN_ACCEPTED].status is True
     assert again.requeue_after == pytest.approx(sl.TOKEN_GRACE.total_seconds())
 
 
@@ -270,7 +270,7 @@ def test_the_previous_token_is_dropped_after_the_grace_period() -> None:
     rotated = sl.TokenView(has_previous=True, rotation="1", rotated_at=NOW - sl.TOKEN_GRACE)
     decision = sl.decide(observed(rotate_request="1", token=rotated, sandbox=sandbox()))
     assert Action.DROP_PREVIOUS_TOKEN in decision.actions
-    assert conditions(decision)[sl.SessionCondition.PREVIOUS_TOKEN_ACCEPTED].status is False
+    assert conditions(decision)[ConditionType.PREVIOUS_TOKEN_ACCEPTED].status is False
     dropped = sl.TokenView(has_previous=False, rotation="1")
     quiet = sl.decide(observed(rotate_request="1", token=dropped, sandbox=sandbox()))
     assert Action.DROP_PREVIOUS_TOKEN not in quiet.actions
@@ -280,7 +280,7 @@ def test_an_existing_token_is_never_recreated_and_no_rotation_means_no_condition
     decision = sl.decide(observed(sandbox=sandbox()))
     assert Action.CREATE_TOKEN not in decision.actions
     assert Action.ROTATE_TOKEN not in decision.actions
-    assert sl.SessionCondition.PREVIOUS_TOKEN_ACCEPTED not in conditions(decision)
+    assert ConditionType.PREVIOUS_TOKEN_ACCEPTED not in conditions(decision)
 
 
 # --- usage -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ class ConditionType(StrEnum):
     POD_SCHEDULED = "PodScheduled"
     MODEL_CACHED = "ModelCached"
     EXPIRED = "Expired"
+    PREVIOUS_TOKEN_ACCEPTED = "PreviousTokenAccepted"
 
 
 class Reason(StrEnum):
@@ -54,6 +55,14 @@ class Reason(StrEnum):
     # Expired
     SHUTDOWN_TIME_REACHED = "ShutdownTimeReached"
     MAX_LIFETIME_REACHED = "MaxLifetimeReached"
+    # AgentSession
+    SANDBOX_CREATING = "SandboxCreating"
+    SANDBOX_REPLACING = "SandboxReplacing"
+    SANDBOX_NAME_TAKEN = "SandboxNameTaken"
+    INVALID_SANDBOX_TEMPLATE = "InvalidSandboxTemplate"
+    TOKEN_ROTATED = "TokenRotated"
+    PREVIOUS_TOKEN_EXPIRED = "PreviousTokenExpired"
+    HIBERNATED_STATE_RELEASED = "HibernatedStateReleased"
 
 
 class SandboxPhase(StrEnum):

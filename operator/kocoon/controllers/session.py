@@ -358,14 +358,12 @@ async def _write_status(
         message = f"the Sandbox was not updated: {apply_error}"
         updates += (
             sl.ConditionUpdate(
-                ConditionType.READY, False, sl.SessionReason.INVALID_SANDBOX_TEMPLATE, message
+                ConditionType.READY, False, Reason.INVALID_SANDBOX_TEMPLATE, message
             ),
         )
         old = {c.type: c.reason for c in status.conditions}
-        if old.get(ConditionType.READY) != sl.SessionReason.INVALID_SANDBOX_TEMPLATE:
-            decision_events.append(
-                sl.Event(sl.SessionReason.INVALID_SANDBOX_TEMPLATE, message, warning=True)
-            )
+        if old.get(ConditionType.READY) != Reason.INVALID_SANDBOX_TEMPLATE:
+            decision_events.append(sl.Event(Reason.INVALID_SANDBOX_TEMPLATE, message, warning=True))
     updates = tuple(_with_address(u, owner, ctx) for u in updates)
     status.phase = decision.phase
     status.conditions = sl.merge_conditions(status.conditions, updates, observed.generation, now)

@@ -40,7 +40,9 @@ class TargetKey(NamedTuple):
 # operator is already bringing the target up because wake requests are level-based.
 PHASE_FAILED = "Failed"
 PHASE_TERMINATING = "Terminating"
-UNROUTABLE_PHASES = frozenset({PHASE_FAILED, PHASE_TERMINATING})
+# An expired session or sandbox will not come back: answer at once instead of holding.
+PHASE_EXPIRED = "Expired"
+UNROUTABLE_PHASES = frozenset({PHASE_FAILED, PHASE_TERMINATING, PHASE_EXPIRED})
 
 
 @dataclass(frozen=True)
