@@ -1,7 +1,8 @@
-"""`make dev`: the local cluster with Kocoon running on it, and a sandbox taken through its life.
+"""`make dev`: the local cluster with Kocoon running on it, and a session taken through its life.
 
-A Sandbox is created; a request through the router reaches it; it goes idle and hibernates;
-the next request through the router wakes it and is answered. The cluster, operator, router
+An AgentSession is created (it makes its Sandbox, token and route); a request through the
+router reaches it; it goes idle and hibernates; the next request through the router wakes it
+and is answered. The cluster, operator, router
 and workloads keep running afterwards (`make dev-down` stops them all).
 """
 
@@ -39,20 +40,23 @@ def wait(what: str, probe: Callable[[], Any], timeout: float = 90) -> Any:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def sandbox_manifest() -> dict[str, Any]:
+def session_manifest() -> dict[str, Any]:
     return {
         "apiVersion": "kocoon.io/v1alpha1",
-        "kind": "Sandbox",
+        "kind": "AgentSession",
         "metadata": {"name": NAME, "namespace": NAMESPACE},
         "spec": {
-            "template": {
-                "image": "python:3.12-slim",
-                "command": ["python", "-m", "http.server", "8080"],
-                "ports": [{"name": "http", "containerPort": 8080}],
+            "owner": {"user": "dev@example.com"},
+            "sandboxTemplate": {
+                "template": {
+                    "image": "python:3.12-slim",
+                    "command": ["python", "-m", "http.server", "8080"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                },
+                "runtimeClassName": "runc",
+                "workspace": {"size": "1Gi"},
+                "network": {"exposedPorts": ["http"]},
             },
-            "runtimeClassName": "runc",
-            "workspace": {"size": "1Gi"},
-            "network": {"exposedPorts": ["http"]},
             "idleTimeout": IDLE_TIMEOUT,
             "hibernation": "filesystem",
         },
@@ -87,35 +91,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    router at {router}; logs in {handle.log_path('kocoon-operator').parent}")
 
     step(
-        f"creating Sandbox {NAMESPACE}/{NAME} (idleTimeout {IDLE_TIMEOUT}, filesystem hibernation)"
+        f"creating AgentSession {NAMESPACE}/{NAME}"
+        f" (idleTimeout {IDLE_TIMEOUT}, filesystem hibernation)"
     )
-    handle.kubectl("create", "namespace", NAMESPACE, check=False)
+    # A fresh start: what an earlier run left in the namespace goes first.
+    handle.kubectl(
+        "delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=60s", timeout=90
+    )
+    handle.kubectl("create", "namespace", NAMESPACE)
     # The admission webhook may take a moment to come up with the operator: retry the create.
     wait(
         "the Sandbox to be accepted",
         lambda: (
             handle.kubectl(
-                "apply", "-f", "-", input=json.dumps(sandbox_manifest()), check=False
+                "apply", "-f", "-", input=json.dumps(session_manifest()), check=False
             ).returncode
             == 0
         ),
     )
 
-    def sandbox() -> dict[str, Any]:
-        out = handle.kubectl("get", "sandbox", NAME, "-n", NAMESPACE, "-o", "json")
+    def session() -> dict[str, Any]:
+        out = handle.kubectl("get", "agentsession", NAME, "-n", NAMESPACE, "-o", "json")
         result: dict[str, Any] = json.loads(out.stdout)
         return result
 
     def phase() -> str:
-        return str(sandbox().get("status", {}).get("phase"))
+        return str(session().get("status", {}).get("phase"))
 
-    running = wait("Running", lambda: phase() == "Running" and sandbox())
-    print(f"    Running on {running['status']['nodeName']} at {running['status']['podIP']}")
+    wait("Running", lambda: phase() == "Running")
+    sandbox = json.loads(
+        handle.kubectl("get", "sandbox", NAME, "-n", NAMESPACE, "-o", "json").stdout
+    )
+    print(
+        f"    its Sandbox runs on {sandbox['status']['nodeName']} at {sandbox['status']['podIP']}"
+    )
     secret = json.loads(
         handle.kubectl("get", "secret", f"{NAME}-token", "-n", NAMESPACE, "-o", "json").stdout
     )
     token = base64.b64decode(secret["data"]["token"]).decode()
-    url = f"{router}/sandboxes/{NAMESPACE}/{NAME}/hello"
+    url = f"{router}/sessions/{NAMESPACE}/{NAME}/hello"
 
     step(f"two requests through the router: GET {url}")
     for _ in range(2):
@@ -125,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {status} in {seconds * 1000:.0f} ms: {body}")
     print(f"    without the token: {request(url, 'wrong')[0]}")
 
-    step(f"waiting for the sandbox to go idle ({IDLE_TIMEOUT}) and hibernate")
+    step(f"waiting for the session to go idle ({IDLE_TIMEOUT}) and hibernate")
     wait("Hibernated", lambda: phase() == "Hibernated", timeout=120)
     gone = handle.kubectl("get", "pod", NAME, "-n", NAMESPACE, check=False).returncode != 0
     print(f"    Hibernated; pod deleted: {gone}; workspace kept")
@@ -133,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     step("a request through the router wakes it")
     status, body, seconds = request(url, token, timeout=120)
     print(f"    {status} after {seconds:.2f} s (held while waking): {body}")
-    usage = sandbox()["status"]["usage"]
+    usage = session()["status"].get("usage", {})
     print(f"    usage: {json.dumps(usage)}")
     events = handle.kubectl(
         "get",
