@@ -665,14 +665,17 @@ def _kill_leftovers(node: NodeLayout) -> None:
             _run(*runc, "kill", "--all", container.name, "KILL", check=False)
             _run(*runc, "delete", "--force", container.name, check=False)
     marker = str(node.socket).encode()
+    # Any process configured from the node's directory (a kubelet or containerd whose PID the
+    # state lost, e.g. after the node was added again) is ours too.
+    directory = str(node.directory).encode()
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"containerd-shim" in cmdline and marker in cmdline:
+        if (b"containerd-shim" in cmdline and marker in cmdline) or directory in cmdline:
             processes.stop(int(proc.name), grace_seconds=2)
 
 
