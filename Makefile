@@ -44,7 +44,7 @@ lint: python
 	$(VENV)/bin/mypy --strict operator/kocoon
 
 test: setup lint
-	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: python
 	$(PY) -m pytest -m "unit or handler" $(PYTEST_ARGS)
