@@ -119,12 +119,15 @@ def last_activity(observed: Observed) -> datetime:
 
 
 def is_active(observed: Observed) -> bool:
+    """Whether the sandbox is in use now (for metering): a request in flight, or one seen within
+    the active window, which is never longer than the idle timeout."""
     activity = observed.activity
     if activity.in_flight > 0:
         return True
-    return (
-        activity.last_request is not None and observed.now - activity.last_request < ACTIVE_WINDOW
-    )
+    window = ACTIVE_WINDOW
+    if observed.spec.idle_timeout is not None:
+        window = min(window, observed.spec.idle_timeout)
+    return activity.last_request is not None and observed.now - activity.last_request < window
 
 
 def idle_deadline(observed: Observed) -> datetime | None:

@@ -291,3 +291,17 @@ def test_a_sandbox_still_starting_is_not_idle_however_old() -> None:
     )
     assert decision.phase is SandboxPhase.PENDING
     assert decision.actions == (Action.CREATE_POD,)
+
+
+@pytest.mark.parametrize(
+    ("idle_timeout", "seconds_ago", "active"),
+    [(None, 20, True), (None, 40, False), ("15s", 10, True), ("15s", 20, False)],
+)
+def test_activity_window_for_metering_never_outlasts_the_idle_timeout(
+    idle_timeout: str | None, seconds_ago: int, active: bool
+) -> None:
+    fields = {"idle_timeout": idle_timeout} if idle_timeout else {}
+    seen = Activity(last_request=NOW - timedelta(seconds=seconds_ago))
+    assert (
+        lifecycle.is_active(observed(SandboxPhase.RUNNING, running_pod(), seen, **fields)) is active
+    )
