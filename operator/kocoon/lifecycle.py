@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from kocoon.api.conditions import ConditionType, Reason, SandboxPhase
 from kocoon.api.sandbox import Checkpoint, SandboxSpec
+from kocoon.status import ConditionUpdate
 
 # Requests seen this recently count as activity even with nothing in flight.
 ACTIVE_WINDOW = timedelta(seconds=30)
@@ -74,14 +75,6 @@ class Action(StrEnum):
     RELEASE_CHECKPOINT = "ReleaseCheckpoint"
     CLEAR_WAKE_REQUEST = "ClearWakeRequest"
     DELETE_SANDBOX = "DeleteSandbox"
-
-
-@dataclass(frozen=True)
-class ConditionUpdate:
-    type: ConditionType
-    status: bool
-    reason: Reason
-    message: str = ""
 
 
 @dataclass(frozen=True)

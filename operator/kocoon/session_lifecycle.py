@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from kocoon.api.common import Condition
 from kocoon.api.conditions import ConditionType, Reason, SandboxPhase, SessionPhase
 from kocoon.api.sandbox import Usage
 from kocoon.api.session import AgentSessionSpec
 from kocoon.lifecycle import Activity
+from kocoon.status import ConditionUpdate
 
 # How long a rotated-out token keeps working, so clients can move to the new one.
 TOKEN_GRACE = timedelta(minutes=5)
@@ -101,14 +101,6 @@ class Action(StrEnum):
     CLEAR_WAKE_REQUEST = "ClearWakeRequest"
     MIRROR_ACTIVITY = "MirrorActivity"
     RELEASE_CHECKPOINT = "ReleaseCheckpoint"
-
-
-@dataclass(frozen=True)
-class ConditionUpdate:
-    type: str
-    status: bool
-    reason: str
-    message: str = ""
 
 
 @dataclass(frozen=True)
@@ -432,30 +424,7 @@ def _token(
     )
 
 
-# --- conditions and usage --------------------------------------------------------------------
-
-
-def merge_conditions(
-    existing: list[Condition],
-    updates: tuple[ConditionUpdate, ...],
-    generation: int,
-    now: datetime,
-) -> list[Condition]:
-    """Apply updates; a condition's transition time changes only when its status does."""
-    by_type = {c.type: c for c in existing}
-    for update in updates:
-        status = "True" if update.status else "False"
-        old = by_type.get(update.type)
-        changed = old is None or old.status != status
-        by_type[update.type] = Condition(
-            type=update.type,
-            status=status,
-            reason=update.reason,
-            message=update.message,
-            last_transition_time=now if changed or old is None else old.last_transition_time,
-            observed_generation=generation,
-        )
-    return sorted(by_type.values(), key=lambda c: c.type)
+# --- usage --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

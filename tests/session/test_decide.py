@@ -14,6 +14,7 @@ from kocoon.api.sandbox import Usage
 from kocoon.api.session import AgentSessionSpec
 from kocoon.lifecycle import Activity
 from kocoon.session_lifecycle import Action, SandboxIntent
+from kocoon.status import ConditionUpdate
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +53,7 @@ def observed(**fields: Any) -> sl.Observed:
     return sl.Observed(**base)
 
 
-def conditions(decision: sl.Decision) -> dict[str, sl.ConditionUpdate]:
+def conditions(decision: sl.Decision) -> dict[str, ConditionUpdate]:
     return {c.type: c for c in decision.conditions}
 
 

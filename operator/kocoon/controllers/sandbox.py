@@ -16,47 +16,25 @@ import kopf
 from pydantic import ValidationError
 
 from kocoon import lifecycle
-from kocoon.api.common import Condition, SecretKeyReference
+from kocoon.api.common import SecretKeyReference
 from kocoon.api.conditions import ConditionType, Reason, SandboxPhase
 from kocoon.api.sandbox import Sandbox, SandboxStatus, Usage
 from kocoon.builders import activity, gpu, names, network, storage, token
 from kocoon.builders import pod as pod_builder
 from kocoon.builders.context import Identity
-from kocoon.controllers import failpoints, metrics, observe
+from kocoon.controllers import common, failpoints, metrics, observe
 from kocoon.controllers.checkpoints import CheckpointFailed, CheckpointUnavailable, Target
 from kocoon.controllers.context import OperatorContext, current, reconcile_interval
 from kocoon.kube import client, events
 from kocoon.kube.resources import GROUP, LEASE, POD, SANDBOX, SECRET, VERSION
+from kocoon.status import ConditionUpdate, merge_conditions, status_patch
 
 log = logging.getLogger(__name__)
-KIND = "sandbox"
+KIND = SANDBOX.kind
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def merge_conditions(
-    existing: list[Condition],
-    updates: tuple[lifecycle.ConditionUpdate, ...],
-    generation: int,
-    now: datetime,
-) -> list[Condition]:
-    """Apply updates; a condition's transition time changes only when its status does."""
-    by_type = {c.type: c for c in existing}
-    for update in updates:
-        status = "True" if update.status else "False"
-        old = by_type.get(update.type)
-        changed = old is None or old.status != status
-        by_type[update.type] = Condition(
-            type=update.type,
-            status=status,
-            reason=update.reason,
-            message=update.message,
-            last_transition_time=now if changed or old is None else old.last_transition_time,
-            observed_generation=generation,
-        )
-    return sorted(by_type.values(), key=lambda c: c.type)
 
 
 def _running_since(status: SandboxStatus) -> datetime | None:
@@ -207,11 +185,7 @@ async def _checkpoint(
         )
         status.conditions = merge_conditions(
             status.conditions,
-            (
-                lifecycle.ConditionUpdate(
-                    ConditionType.CHECKPOINT_AVAILABLE, False, reason, message
-                ),
-            ),
+            (ConditionUpdate(ConditionType.CHECKPOINT_AVAILABLE, False, reason, message),),
             body["metadata"].get("generation", 0),
             _now(),
         )
@@ -226,7 +200,7 @@ async def _checkpoint(
     status.conditions = merge_conditions(
         status.conditions,
         (
-            lifecycle.ConditionUpdate(
+            ConditionUpdate(
                 ConditionType.CHECKPOINT_AVAILABLE, True, Reason.CHECKPOINT_STORED, message
             ),
         ),
@@ -260,7 +234,7 @@ async def _restore(
     status.conditions = merge_conditions(
         status.conditions,
         (
-            lifecycle.ConditionUpdate(
+            ConditionUpdate(
                 ConditionType.CHECKPOINT_AVAILABLE,
                 False,
                 Reason.NO_CHECKPOINT if ok else reason,
@@ -290,16 +264,7 @@ async def _release(ctx: OperatorContext, owner: Identity, status: SandboxStatus)
 
 
 async def reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
-    async with ctx.lock(KIND, namespace, name):
-        body = await client.get(ctx.api, SANDBOX, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            await _reconcile(ctx, body)
-        except client.ApiError as error:
-            if error.status == 403 and "being terminated" in str(error):
-                return  # its namespace is going away, and the sandbox with it
-            raise
+    await common.reconcile_locked(ctx, SANDBOX, namespace, name, _reconcile)
 
 
 async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
@@ -310,7 +275,7 @@ async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
     try:
         sandbox = Sandbox.model_validate(body)
     except ValidationError as error:
-        await _report_invalid(ctx, body, error)
+        await common.report_invalid(ctx, SANDBOX, body, error)
         return
     owner = Identity(name=name, namespace=namespace, uid=metadata["uid"])
     status = (sandbox.status or SandboxStatus()).model_copy(deep=True)
@@ -390,11 +355,8 @@ async def _write_status(
     )
     if observed.activity.last_request is not None:
         status.last_activity_time = observed.activity.last_request
-    wire = status.to_wire()
-    old = body.get("status") or {}
-    # A merge patch keeps what it does not mention: clear fields that are now empty.
-    patch = {"status": {**{key: None for key in old if key not in wire}, **wire}}
-    if wire != old:
+    patch = status_patch(body.get("status") or {}, status.to_wire())
+    if patch is not None:
         await client.merge_patch(
             ctx.api, SANDBOX, owner.namespace, owner.name, patch, subresource="status"
         )
@@ -412,35 +374,6 @@ def _router_port(sandbox: Sandbox) -> int | None:
         if not exposed or port.name == exposed[0]:
             return port.container_port
     return None
-
-
-async def _report_invalid(
-    ctx: OperatorContext, body: dict[str, Any], error: ValidationError
-) -> None:
-    details = "; ".join(
-        f"spec.{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}"
-        if e["loc"][:1] == ("spec",)
-        else f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-        for e in error.errors()
-    )
-    condition = {
-        "type": ConditionType.READY.value,
-        "status": "False",
-        "reason": Reason.RECONCILER_ERROR.value,
-        "message": f"invalid sandbox: {details}"[:4096],
-        "lastTransitionTime": _now().strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "observedGeneration": body["metadata"].get("generation", 0),
-    }
-    metadata = body["metadata"]
-    await client.merge_patch(
-        ctx.api,
-        SANDBOX,
-        metadata["namespace"],
-        metadata["name"],
-        {"status": {"phase": SandboxPhase.FAILED.value, "conditions": [condition]}},
-        subresource="status",
-    )
-    await events.post(ctx.api, body, events.WARNING, Reason.RECONCILER_ERROR, condition["message"])
 
 
 # --- kopf wiring ------------------------------------------------------------------------------

@@ -21,24 +21,24 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from kocoon import lifecycle
 from kocoon import session_lifecycle as sl
 from kocoon.api.common import LocalObjectReference, SecretKeyReference
-from kocoon.api.conditions import ConditionType, Reason, SessionPhase
+from kocoon.api.conditions import ConditionType, Reason
 from kocoon.api.sandbox import SandboxStatus, Usage
 from kocoon.api.session import AgentSession, AgentSessionStatus
 from kocoon.builders import names, token
 from kocoon.builders import session as build
 from kocoon.builders.context import Identity
-from kocoon.controllers import failpoints, observe
+from kocoon.controllers import common, failpoints, observe
 from kocoon.controllers import sandbox as sandbox_controller
 from kocoon.controllers.checkpoints import CheckpointFailed, CheckpointUnavailable
 from kocoon.controllers.context import OperatorContext, current, reconcile_interval
 from kocoon.kube import client, events
 from kocoon.kube.resources import AGENT_SESSION, GROUP, LEASE, SANDBOX, SECRET, VERSION
+from kocoon.status import ConditionUpdate, merge_conditions, status_patch
 
 log = logging.getLogger(__name__)
-KIND = "agentsession"
+KIND = AGENT_SESSION.kind
 
 # The operator's own annotations on the session: the usage of sandboxes that are gone, and
 # the Sandbox whose usage the status total holds on top of it (see UsageLedger).
@@ -139,23 +139,14 @@ class Seen:
 
 
 async def reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
-    async with ctx.lock(KIND, namespace, name):
-        body = await client.get(ctx.api, AGENT_SESSION, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            await _reconcile(ctx, body)
-        except client.ApiError as error:
-            if error.status == 403 and "being terminated" in str(error):
-                return  # its namespace is going away, and the session with it
-            raise
+    await common.reconcile_locked(ctx, AGENT_SESSION, namespace, name, _reconcile)
 
 
 async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
     try:
         session = AgentSession.model_validate(body)
     except ValidationError as error:
-        await _report_invalid(ctx, body, error)
+        await common.report_invalid(ctx, AGENT_SESSION, body, error)
         return
     seen = await _observe(ctx, body, session)
     decision = sl.decide(seen.observed)
@@ -285,10 +276,10 @@ async def _release_checkpoint(ctx: OperatorContext, owner: Identity) -> None:
             return
         except CheckpointUnavailable:
             pass  # no agent serves that node, so nothing there can leak
-        conditions = sandbox_controller.merge_conditions(
+        conditions = merge_conditions(
             status.conditions,
             (
-                lifecycle.ConditionUpdate(
+                ConditionUpdate(
                     ConditionType.CHECKPOINT_AVAILABLE,
                     False,
                     Reason.CHECKPOINT_EXPIRED,
@@ -357,16 +348,14 @@ async def _write_status(
     if apply_error is not None:
         message = f"the Sandbox was not updated: {apply_error}"
         updates += (
-            sl.ConditionUpdate(
-                ConditionType.READY, False, Reason.INVALID_SANDBOX_TEMPLATE, message
-            ),
+            ConditionUpdate(ConditionType.READY, False, Reason.INVALID_SANDBOX_TEMPLATE, message),
         )
         old = {c.type: c.reason for c in status.conditions}
         if old.get(ConditionType.READY) != Reason.INVALID_SANDBOX_TEMPLATE:
             decision_events.append(sl.Event(Reason.INVALID_SANDBOX_TEMPLATE, message, warning=True))
     updates = tuple(_with_address(u, owner, ctx) for u in updates)
     status.phase = decision.phase
-    status.conditions = sl.merge_conditions(status.conditions, updates, observed.generation, now)
+    status.conditions = merge_conditions(status.conditions, updates, observed.generation, now)
     status.observed_generation = observed.generation
     status.endpoint = build.endpoint(owner.namespace, owner.name)
     status.sandbox_ref = (
@@ -392,10 +381,8 @@ async def _write_status(
     ]
     status.last_activity_time = max(moments) if moments else None
     status.usage = await _account_usage(ctx, seen, status.usage)
-    wire = status.to_wire()
-    old_wire = body.get("status") or {}
-    patch = {"status": {**{key: None for key in old_wire if key not in wire}, **wire}}
-    if wire != old_wire:
+    patch = status_patch(body.get("status") or {}, status.to_wire())
+    if patch is not None:
         await client.merge_patch(
             ctx.api, AGENT_SESSION, owner.namespace, owner.name, patch, subresource="status"
         )
@@ -406,8 +393,8 @@ async def _write_status(
 
 
 def _with_address(
-    update: sl.ConditionUpdate, owner: Identity, ctx: OperatorContext
-) -> sl.ConditionUpdate:
+    update: ConditionUpdate, owner: Identity, ctx: OperatorContext
+) -> ConditionUpdate:
     """A Ready session says where it is reached: the path, and the host form if any."""
     if update.type != ConditionType.READY or not update.status:
         return update
@@ -441,33 +428,6 @@ async def _account_usage(ctx: OperatorContext, seen: Seen, last_total: Usage | N
             {"metadata": {"annotations": wanted}},
         )
     return total
-
-
-async def _report_invalid(
-    ctx: OperatorContext, body: dict[str, Any], error: ValidationError
-) -> None:
-    details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-    message = f"invalid session: {details}"[:4096]
-    condition = {
-        "type": ConditionType.READY.value,
-        "status": "False",
-        "reason": Reason.RECONCILER_ERROR.value,
-        "message": message,
-        "lastTransitionTime": _now().strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "observedGeneration": body["metadata"].get("generation", 0),
-    }
-    metadata = body["metadata"]
-    if (body.get("status") or {}).get("phase") == SessionPhase.FAILED.value:
-        return
-    await client.merge_patch(
-        ctx.api,
-        AGENT_SESSION,
-        metadata["namespace"],
-        metadata["name"],
-        {"status": {"phase": SessionPhase.FAILED.value, "conditions": [condition]}},
-        subresource="status",
-    )
-    await events.post(ctx.api, body, events.WARNING, Reason.RECONCILER_ERROR, message)
 
 
 async def release_unowned(ctx: OperatorContext, namespace: str, name: str) -> None:
