@@ -7,25 +7,21 @@ timeouts are checked exactly instead of by sleeping.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import kmock
 import pytest
-from kubernetes_asyncio import client as k8s
 
 from kocoon.api.sandbox import Checkpoint
-from kocoon.builders.context import BuildSettings
-from kocoon.config import OperatorConfig
 from kocoon.controllers import context, sandbox
 from kocoon.controllers.checkpoints import CheckpointUnavailable, Target
-from kocoon.kube import client as kube_client
-from kocoon.kube.resources import kind_of
+from tests import kmockkit
+from tests.kmockkit import SANDBOXES, Clock
 
 pytestmark = pytest.mark.handler
 
 NS, NAME = "team", "box"
-SANDBOXES = "kocoon.io/v1alpha1/sandboxes"
 
 
 class NoAgent:
@@ -41,60 +37,23 @@ class NoAgent:
         raise CheckpointUnavailable("no agent")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 async def emulator() -> AsyncIterator[tuple[kmock.KubernetesEmulator, str]]:
-    async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
-        k.resources[SANDBOXES] = {
-            "kind": "Sandbox",
-            "namespaced": True,
-            "singular": "sandbox",
-            "verbs": ["list", "watch", "get", "patch", "create", "delete"],
-            "subresources": ["status"],
-            "shortnames": [],
-            "categories": [],
-        }
-        k.resources.load_bundled()
-        yield k, str(server.url).rstrip("/")
+    async with kmockkit.emulator(SANDBOXES) as running:
+        yield running
 
 
 @pytest.fixture
 async def ctx(
     emulator: tuple[kmock.KubernetesEmulator, str],
 ) -> AsyncIterator[context.OperatorContext]:
-    configuration = k8s.Configuration(host=emulator[1])
-    api = k8s.ApiClient(configuration)
-    yield context.OperatorContext(
-        api=api, config=OperatorConfig(), build=BuildSettings(), checkpointer=NoAgent()
-    )
-    await api.close()
+    async with kmockkit.operator_context(emulator[1], NoAgent()) as operator:
+        yield operator
 
 
 @pytest.fixture(autouse=True)
 def apply_creates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """kmock's emulator has no server-side apply: a PATCH of a missing object is a 404 there,
-    where a real API server creates it. Give apply that meaning back for these tests."""
-    original = kube_client.apply
-
-    async def apply(api: k8s.ApiClient, obj: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        try:
-            return await original(api, obj, **kwargs)
-        except kube_client.ApiError as error:
-            if error.status != 404:
-                raise
-            kind = kind_of(obj)
-            return await kube_client.request(
-                api, "POST", kind.path(obj["metadata"].get("namespace")), body=obj
-            )
-
-    monkeypatch.setattr(kube_client, "apply", apply)
+    kmockkit.make_apply_create(monkeypatch)
 
 
 @pytest.fixture
@@ -105,13 +64,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def stored(k: kmock.KubernetesEmulator, resource: str, name: str = NAME) -> dict[str, Any] | None:
-    try:
-        obj = k.objects[resource, NS, name]
-    except KeyError:
-        return None
-    if getattr(obj, "deleted", False):
-        return None
-    return dict(obj)
+    return kmockkit.stored(k, resource, NS, name)
 
 
 async def create_sandbox(ctx: context.OperatorContext, **spec: Any) -> None:

@@ -8,27 +8,23 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import kmock
 import pytest
-from kubernetes_asyncio import client as k8s
 
 from kocoon import session_lifecycle as sl
 from kocoon.api.sandbox import Checkpoint
-from kocoon.builders.context import BuildSettings
-from kocoon.config import OperatorConfig
 from kocoon.controllers import context, sandbox, session
 from kocoon.controllers.checkpoints import CheckpointUnavailable, Target
 from kocoon.kube import client as kube_client
-from kocoon.kube.resources import kind_of
+from tests import kmockkit
+from tests.kmockkit import SANDBOXES, SESSIONS, Clock
 
 pytestmark = pytest.mark.handler
 
 NS, NAME = "team", "chat"
-SESSIONS = "kocoon.io/v1alpha1/agentsessions"
-SANDBOXES = "kocoon.io/v1alpha1/sandboxes"
 
 
 class RecordingAgent:
@@ -47,33 +43,10 @@ class RecordingAgent:
         self.released.append(checkpoint.id)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def _custom(kind: str, singular: str) -> Any:
-    return {
-        "kind": kind,
-        "namespaced": True,
-        "singular": singular,
-        "verbs": ["list", "watch", "get", "patch", "create", "delete"],
-        "subresources": ["status"],
-        "shortnames": [],
-        "categories": [],
-    }
-
-
 @pytest.fixture
 async def emulator() -> AsyncIterator[tuple[kmock.KubernetesEmulator, str]]:
-    async with kmock.KubernetesEmulator() as k, kmock.Server(k) as server:
-        k.resources[SESSIONS] = _custom("AgentSession", "agentsession")
-        k.resources[SANDBOXES] = _custom("Sandbox", "sandbox")
-        k.resources.load_bundled()
-        yield k, str(server.url).rstrip("/")
+    async with kmockkit.emulator(SESSIONS, SANDBOXES) as running:
+        yield running
 
 
 @pytest.fixture
@@ -85,41 +58,13 @@ def agent() -> RecordingAgent:
 async def ctx(
     emulator: tuple[kmock.KubernetesEmulator, str], agent: RecordingAgent
 ) -> AsyncIterator[context.OperatorContext]:
-    api = k8s.ApiClient(k8s.Configuration(host=emulator[1]))
-    yield context.OperatorContext(
-        api=api, config=OperatorConfig(), build=BuildSettings(), checkpointer=agent
-    )
-    await api.close()
+    async with kmockkit.operator_context(emulator[1], agent) as operator:
+        yield operator
 
 
 @pytest.fixture(autouse=True)
 def apply_creates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """kmock has no server-side apply: a PATCH of a missing object is a 404 there, where a
-    real API server creates it. Give apply that meaning back for these tests."""
-    original = kube_client.apply
-
-    async def apply(api: k8s.ApiClient, obj: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        try:
-            return await original(api, obj, **kwargs)
-        except kube_client.ApiError as error:
-            if error.status != 404:
-                raise
-            kind = kind_of(obj)
-            # ... and what the API server adds to a new object, which kmock does not.
-            metadata = {
-                "uid": f"{obj['kind'].lower()}-uid",
-                "generation": 1,
-                "creationTimestamp": "2026-11-23T12:00:00Z",
-                **obj["metadata"],
-            }
-            return await kube_client.request(
-                api,
-                "POST",
-                kind.path(obj["metadata"].get("namespace")),
-                body={**obj, "metadata": metadata},
-            )
-
-    monkeypatch.setattr(kube_client, "apply", apply)
+    kmockkit.make_apply_create(monkeypatch)
 
 
 @pytest.fixture
@@ -131,13 +76,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def stored(k: kmock.KubernetesEmulator, resource: str, name: str = NAME) -> dict[str, Any] | None:
-    try:
-        obj = k.objects[resource, NS, name]
-    except KeyError:
-        return None
-    if getattr(obj, "deleted", False):
-        return None
-    return dict(obj)
+    return kmockkit.stored(k, resource, NS, name)
 
 
 def status_of(k: kmock.KubernetesEmulator, resource: str = SESSIONS) -> dict[str, Any]:
