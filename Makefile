@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 KOCOON := $(VENV)/bin/kocoon
 PYTEST_ARGS ?=
 
-.PHONY: help setup python binaries criu system crds crds-check lint test test-unit \
-        test-integration test-criu node-setup test-node dev dev-down bench e2e clean
+.PHONY: help setup python binaries criu s3 system crds crds-check lint test test-unit \
+        test-integration test-criu test-s3 node-setup test-node dev dev-down bench e2e clean
 
 help:
 	@echo "make dev        set up, start the local cluster with the operator, run a session's life"
 	@echo "make test       set up, lint, type-check and run every test tier that can run here"
-	@echo "make setup      install the Python env, build the pinned binaries and CRIU"
+	@echo "make setup      install the Python env, build the pinned binaries and CRIU, the S3 test server"
 	@echo "make crds       regenerate crds/, the chart's CRDs and docs/api.md from the models"
 	@echo "make lint       ruff and mypy --strict"
 	@echo "make bench      run the benchmarks in bench/"
@@ -30,7 +30,11 @@ binaries:
 criu:
 	@bash setup/criu.sh
 
-setup: python binaries criu node-setup
+# The S3-compatible server the agent's remote-store tests run on loopback (its own virtualenv).
+s3: python
+	@bash setup/s3.sh
+
+setup: python binaries criu s3 node-setup
 
 crds: python
 	$(KOCOON) crds
@@ -54,6 +58,9 @@ test-integration: python binaries
 
 test-criu: python criu
 	$(PY) -m pytest -m criu $(PYTEST_ARGS)
+
+test-s3: python s3
+	$(PY) -m pytest -m s3 $(PYTEST_ARGS)
 
 # The real node (kubelet + containerd + runc + CRIU on this machine): containerd, runc and
 # CNI plugins (setup/node.sh, which also runs setup/criu.sh), then the local images (cached

@@ -25,6 +25,7 @@ from kocoon.agent.drivers.base import Driver
 from kocoon.agent.drivers.criutool import CriuTool
 from kocoon.agent.drivers.filesystem import FilesystemDriver
 from kocoon.agent.keys import FileKeyProvider
+from kocoon.agent.remote import RemoteStore
 from kocoon.agent.service import CheckpointService, ServiceConfig
 from kocoon.agent.store import CheckpointStore
 
@@ -64,15 +65,23 @@ def credentials(root: Path) -> tuple[Path, Path, Path, str, ssl.SSLContext]:
 
 @asynccontextmanager
 async def in_process_agent(
-    root: Path, drivers: dict[str, Driver] | None = None
+    root: Path,
+    drivers: dict[str, Driver] | None = None,
+    *,
+    remote: RemoteStore | None = None,
+    keys_dir: Path | None = None,
+    node_name: str = "test-node",
 ) -> AsyncIterator[AgentHandle]:
+    """An agent served over HTTPS on loopback; `keys_dir` shared by two agents stands for keys
+    every node can read (the Secret key provider)."""
     cert, key, token_file, token, client_ssl = credentials(root)
     service = CheckpointService(
-        ServiceConfig(node_name="test-node", scratch_dir=root / "scratch"),
+        ServiceConfig(node_name=node_name, scratch_dir=root / "scratch"),
         CheckpointStore(root / "checkpoints"),
-        FileKeyProvider(root / "keys"),
+        FileKeyProvider(keys_dir or root / "keys"),
         drivers if drivers is not None else {"filesystem": FilesystemDriver()},
         CriuTool(),
+        remote=remote,
     )
     app = build_app(service, [BearerTokenAuthenticator(token_file)])
     runner = web.AppRunner(app, access_log=None)

@@ -118,7 +118,7 @@ async def get_checkpoint(request: web.Request) -> web.Response:
 
 
 async def delete_checkpoint(request: web.Request) -> web.Response:
-    request.app[SERVICE_KEY].delete(request.match_info["id"])
+    await request.app[SERVICE_KEY].delete(request.match_info["id"])
     return web.Response(status=204)
 
 
@@ -130,7 +130,7 @@ async def restore_checkpoint(request: web.Request) -> web.Response:
 
 async def prune(request: web.Request) -> web.Response:
     body = await _parse(request, PruneRequest)
-    return _json(PruneResult(deleted=request.app[SERVICE_KEY].prune(body)))
+    return _json(PruneResult(deleted=await request.app[SERVICE_KEY].prune(body)))
 
 
 async def forget_sandbox(request: web.Request) -> web.Response:

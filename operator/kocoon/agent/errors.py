@@ -14,6 +14,9 @@ REASON_RESTORE_UNSUPPORTED = "RestoreUnsupported"
 REASON_ARCHIVE_CORRUPT = "ArchiveCorrupt"
 REASON_INCOMPATIBLE = "Incompatible"
 REASON_KEY_MISSING = "KeyMissing"
+REASON_KEY_INVALID = "KeyInvalid"
+REASON_KEY_UNAVAILABLE = "KeyUnavailable"
+REASON_REMOTE_FAILED = "RemoteFailed"
 REASON_BUSY = "Busy"
 REASON_STORE_FAILED = "StoreFailed"
 REASON_UNAUTHORIZED = "Unauthorized"
@@ -90,6 +93,27 @@ class Incompatible(AgentError):
 class KeyMissing(AgentError):
     reason = REASON_KEY_MISSING
     status = 409
+
+
+class KeyInvalid(AgentError):
+    """A data key exists but is damaged: it is never replaced, since that would orphan archives."""
+
+    reason = REASON_KEY_INVALID
+    status = 500
+
+
+class KeyUnavailable(AgentError):
+    """Where the keys are kept cannot be read or written right now (API server, permissions)."""
+
+    reason = REASON_KEY_UNAVAILABLE
+    status = 503
+
+
+class RemoteFailed(AgentError):
+    """The remote object store could not be reached or refused an operation."""
+
+    reason = REASON_REMOTE_FAILED
+    status = 502
 
 
 class Busy(AgentError):

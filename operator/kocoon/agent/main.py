@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from kocoon import log as logsetup
-from kocoon.agent import tls
+from kocoon.agent import remote, tls
 from kocoon.agent.api import build_app
 from kocoon.agent.auth import (
     Authenticator,
@@ -97,6 +97,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    remote.add_arguments(p)
     return p
 
 
@@ -146,6 +147,14 @@ async def serve(args: argparse.Namespace) -> None:
             "created a self-signed certificate for development", extra={"cert": str(args.tls_cert)}
         )
     criu = CriuTool(args.criu)
+    remote_store = remote.RemoteStore.from_args(args)
+    if remote_store is not None:
+        problem = await remote_store.check()
+        log.log(
+            logging.WARNING if problem else logging.INFO,
+            "remote store: checkpoints are copied to " + remote_store.where(),
+            extra={"endpoint": args.s3_endpoint, **({"problem": problem} if problem else {})},
+        )
     store = CheckpointStore(args.state_dir / "checkpoints")
     removed = store.clean_partials()
     if removed:
@@ -158,6 +167,7 @@ async def serve(args: argparse.Namespace) -> None:
         await build_key_provider(args.key_provider, args.state_dir),
         build_drivers(args, criu),
         criu,
+        remote=remote_store,
     )
     app = build_app(service, build_authenticators(args))
     runner = web.AppRunner(app, access_log=None)

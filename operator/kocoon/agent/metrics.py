@@ -14,6 +14,10 @@ PHASE_DUMP: Final = "dump"
 PHASE_ARCHIVE: Final = "archive"
 PHASE_EXTRACT: Final = "extract"
 PHASE_RESTORE: Final = "restore"
+# Operations on the remote object store.
+REMOTE_UPLOAD: Final = "upload"
+REMOTE_DOWNLOAD: Final = "download"
+REMOTE_DELETE: Final = "delete"
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 _SIZE_BUCKETS = tuple(float(1 << shift) for shift in range(20, 38, 2))  # 1 MiB .. 128 GiB
@@ -66,5 +70,24 @@ STORED_CHECKPOINTS: Final = Gauge(
 STORED_BYTES: Final = Gauge(
     "kocoon_agent_stored_bytes",
     "Bytes of archives held in this node's store.",
+    registry=REGISTRY,
+)
+REMOTE_DURATION: Final = Histogram(
+    "kocoon_agent_remote_duration_seconds",
+    "Time of successful remote object store operations: upload, download, delete.",
+    ["operation"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
+)
+REMOTE_BYTES: Final = Counter(
+    "kocoon_agent_remote_bytes",
+    "Archive bytes uploaded to and downloaded from the remote object store.",
+    ["operation"],
+    registry=REGISTRY,
+)
+REMOTE_FAILURES: Final = Counter(
+    "kocoon_agent_remote_failures",
+    "Failed remote object store operations; a failed upload keeps the local checkpoint.",
+    ["operation"],
     registry=REGISTRY,
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -67,6 +67,24 @@ class RestoreRequest(ApiModel):
     image_digest: str | None = None
 
 
+# States of a checkpoint's copy in the remote object store.
+REMOTE_UPLOADED = "Uploaded"
+REMOTE_FAILED = "Failed"
+
+
+class RemoteCopy(ApiModel):
+    """Where a checkpoint's copy in the remote object store is, or why the upload failed."""
+
+    state: Literal["Uploaded", "Failed"]
+    bucket: str
+    key: str
+    meta_key: str
+    etag: str | None = None
+    uploaded: datetime | None = None
+    upload_seconds: float | None = None
+    error: str | None = None
+
+
 class CheckpointRecord(ApiModel):
     id: Annotated[str, Field(pattern=CHECKPOINT_ID_PATTERN)]
     sandbox: SandboxRef
@@ -80,6 +98,8 @@ class CheckpointRecord(ApiModel):
     target: dict[str, ScalarDetail] = Field(default_factory=dict)
     dump_seconds: float = 0.0
     archive_seconds: float = 0.0
+    # Set when the agent copies archives to an object store (see `remote`).
+    remote: RemoteCopy | None = None
 
 
 class RestoreResult(ApiModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import shutil
@@ -43,7 +44,8 @@ from kocoon.agent.models import (
     RestoreResult,
     SandboxRef,
 )
-from kocoon.agent.store import CheckpointStore
+from kocoon.agent.remote import RemoteStore
+from kocoon.agent.store import CheckpointStore, select_for_pruning
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +74,16 @@ class CheckpointService:
         keys: KeyProvider,
         drivers: Mapping[str, Driver],
         criu: CriuTool,
+        remote: RemoteStore | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.keys = keys
         self.drivers = dict(drivers)
         self.criu = criu
+        # Optional copies in an object store: uploaded after each checkpoint, fetched by a
+        # restore when this node lacks the checkpoint, deleted with it.
+        self.remote = remote
         self._locks: dict[SandboxRef, asyncio.Lock] = {}
         config.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.refresh_store_gauges()
@@ -117,7 +123,7 @@ class CheckpointService:
 
     async def checkpoint(self, request: CheckpointRequest) -> CheckpointRecord:
         try:
-            return await self._checkpoint(request)
+            record = await self._checkpoint(request)
         except AgentError as exc:
             metrics.FAILURES_TOTAL.labels(metrics.OPERATION_CHECKPOINT, exc.reason).inc()
             log.warning(
@@ -130,6 +136,10 @@ class CheckpointService:
                 },
             )
             raise
+        if self.remote is not None:
+            # Outside the sandbox's lock; a failed upload is recorded, the checkpoint stands.
+            record = await self.remote.replicate(record, self.store, self.keys)
+        return record
 
     async def _checkpoint(self, request: CheckpointRequest) -> CheckpointRecord:
         driver = await self._driver(request.driver)
@@ -239,8 +249,24 @@ class CheckpointService:
             raise InvalidRequest(f"id: checkpoint {checkpoint_id} belongs to {record.sandbox}")
         return record
 
+    async def _record_here(self, checkpoint_id: str) -> CheckpointRecord:
+        """The checkpoint's record, fetched with its archive from the remote store first when
+        this node lacks it (another node made it, or this node's disk was wiped)."""
+        try:
+            record = self.store.get(checkpoint_id)
+        except NotFound:
+            if self.remote is None:
+                raise
+        else:
+            if self.remote is None or self.store.archive_path(checkpoint_id).is_file():
+                return record
+            self.store.delete(checkpoint_id)  # a record without its archive: fetch both
+        record = await self.remote.fetch(checkpoint_id, self.store, self.keys)
+        self.refresh_store_gauges()
+        return record
+
     async def restore(self, checkpoint_id: str, request: RestoreRequest) -> RestoreResult:
-        record = self.store.get(checkpoint_id)
+        record = await self._record_here(checkpoint_id)
         done = self.store.restore_result(checkpoint_id)
         if done is not None and request.container_id in (None, done.container_id):
             # Asked again after a caller's crash: the processes already run; restoring twice
@@ -278,7 +304,8 @@ class CheckpointService:
         key = await self.keys.get(record.sandbox)
         if key is None:
             raise KeyMissing(
-                f"no data key for sandbox {record.sandbox}: the archive cannot be decrypted "
+                f"no data key for sandbox {record.sandbox} ({self.keys.describe(record.sandbox)} "
+                "does not exist): the archive cannot be decrypted "
                 "(was the key deleted with the sandbox?)"
             )
         lock = self._lock(record.sandbox)
@@ -336,18 +363,45 @@ class CheckpointService:
                 restore_seconds=round(restore_seconds, 4),
             )
 
-    def delete(self, checkpoint_id: str) -> None:
-        self.store.delete(checkpoint_id)
+    async def delete(self, checkpoint_id: str) -> None:
+        try:
+            record: CheckpointRecord | None = self.store.get(checkpoint_id)
+        except NotFound:
+            if self.remote is None:
+                raise
+            record = None
+        if self.remote is not None:
+            # The remote copy first: when that fails, the local checkpoint stays, so asking
+            # again retries (after the local one is gone, nothing would point at the copy).
+            removed = await self.remote.delete(checkpoint_id, record)
+            if record is None and not removed:
+                raise NotFound(
+                    f"checkpoint {checkpoint_id!r} is neither on this node nor in "
+                    f"{self.remote.where()}"
+                )
+        if record is not None:
+            self.store.delete(checkpoint_id)
         self.refresh_store_gauges()
         log.info("checkpoint deleted", extra={"checkpoint": checkpoint_id})
 
-    def prune(self, request: PruneRequest) -> list[str]:
-        deleted = self.store.prune(
-            request.sandbox,
+    async def prune(self, request: PruneRequest) -> list[str]:
+        records = self.store.list_records(request.sandbox)
+        doomed = select_for_pruning(
+            records,
             keep_last=request.keep_last,
             max_age=timedelta(seconds=request.max_age_seconds) if request.max_age_seconds else None,
             now=datetime.now(UTC),
         )
+        by_id = {record.id: record for record in records}
+        deleted = []
+        for checkpoint_id in doomed:
+            if self.remote is not None:
+                try:
+                    await self.remote.delete(checkpoint_id, by_id[checkpoint_id])
+                except AgentError:
+                    continue  # kept, with its remote copy; the next prune tries again
+            self.store.delete(checkpoint_id)
+            deleted.append(checkpoint_id)
         self.refresh_store_gauges()
         if deleted:
             log.info(
@@ -357,9 +411,14 @@ class CheckpointService:
 
     async def forget_sandbox(self, sandbox: SandboxRef) -> list[str]:
         """Deletes every checkpoint of a sandbox and then its key: its memory is gone for good."""
-        deleted = [record.id for record in self.store.list_records(sandbox)]
-        for checkpoint_id in deleted:
-            self.store.delete(checkpoint_id)
+        records = self.store.list_records(sandbox)
+        deleted = [record.id for record in records]
+        for record in records:
+            if self.remote is not None:
+                # A copy left in the bucket is unreadable once the key below is gone.
+                with contextlib.suppress(AgentError):
+                    await self.remote.delete(record.id, record)
+            self.store.delete(record.id)
         await self.keys.delete(sandbox)
         self.refresh_store_gauges()
         log.info("sandbox forgotten", extra={"sandbox": str(sandbox), "deleted": deleted})

@@ -263,6 +263,13 @@ class CheckpointStore:
     def abort(self, checkpoint_id: str) -> None:
         shutil.rmtree(self.partial_dir(checkpoint_id), ignore_errors=True)
 
+    def save_record(self, record: CheckpointRecord) -> None:
+        """Replaces a stored checkpoint's record (write, then rename: never half a file)."""
+        meta = self._dir(record.id) / META_NAME
+        tmp = meta.with_name(f".{META_NAME}.tmp")
+        tmp.write_text(record.model_dump_json(by_alias=True, indent=2))
+        os.replace(tmp, meta)
+
     def get(self, checkpoint_id: str) -> CheckpointRecord:
         meta = self._dir(checkpoint_id) / META_NAME
         if checkpoint_id.startswith(".") or "/" in checkpoint_id or not meta.is_file():
