@@ -76,6 +76,15 @@ def test_the_router_cannot_write_kocoon_resources() -> None:
 
 
 @pytest.mark.unit
+def test_the_agent_may_only_read_create_and_delete_secrets() -> None:
+    # Its data keys (keys.SecretKeyProvider) are all it asks the API server for.
+    agent = by_kind(rendered(), "ClusterRole")["kocoon-agent"]
+    assert agent["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]}
+    ]
+
+
+@pytest.mark.unit
 def test_webhooks_can_be_turned_off() -> None:
     on = by_kind(rendered(), "Service")
     off = by_kind(rendered("webhooks.enabled=false"), "Service")

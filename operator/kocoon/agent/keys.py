@@ -131,6 +131,8 @@ def secret_manifest(sandbox: SandboxRef, key: bytes) -> dict[str, Any]:
             "labels": labels,
             "annotations": {LABEL_SANDBOX: sandbox.name},
         },
+        # A data key is never changed (a new one would orphan every archive): only deleted.
+        "immutable": True,
         "data": {SECRET_DATA_KEY: base64.b64encode(key).decode()},
     }
 
