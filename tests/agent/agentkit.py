@@ -97,11 +97,15 @@ async def in_process_agent(
 
 @asynccontextmanager
 async def agent_process(
-    root: Path, scratch: Path | None = None, extra_args: list[str] | None = None
+    root: Path,
+    scratch: Path | None = None,
+    extra_args: list[str] | None = None,
+    client_ssl: ssl.SSLContext | None = None,
 ) -> AsyncIterator[AgentHandle]:
-    """`kocoon agent` as its own process, the way the DaemonSet runs it."""
+    """`kocoon agent` as its own process, the way the DaemonSet runs it. `client_ssl` replaces
+    the default client context (for an agent that requires client certificates)."""
     creds = local_agent.credentials(root)
-    token, client_ssl = creds.token, creds.client_context()
+    token, client_ssl = creds.token, client_ssl or creds.client_context()
     port = free_port()
     argv = local_agent.command(
         creds, port, root / "state", node_name="test-node", scratch_dir=scratch,

@@ -68,6 +68,8 @@ async def _parse(request: web.Request, model: type[Model]) -> Model:
 def auth_middleware(
     authenticators: Sequence[Authenticator],
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
+    refusal = " -- or -- ".join(a.requirement for a in authenticators)
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in PUBLIC_PATHS:
@@ -77,7 +79,7 @@ def auth_middleware(
             if principal is not None:
                 request[PRINCIPAL_KEY] = principal
                 return await handler(request)
-        return _error(401, REASON_UNAUTHORIZED, "Authorization: send `Bearer <operator token>`")
+        return _error(401, REASON_UNAUTHORIZED, refusal)
 
     return middleware
 

@@ -1,8 +1,10 @@
-"""Who may call the agent: the operator, proven by a bearer token (and, later, a client cert).
+"""Who may call the agent: the operator, proven by a bearer token, and with mTLS also by its
+client certificate.
 
-`Authenticator`s are tried in order; the first that returns a principal wins. A client
-certificate authenticator plugs in beside the token one when mTLS is enabled (the TLS context
-then requires client certificates, see `tls.server_context`).
+`Authenticator`s are tried in order; the first that returns a principal wins. With mTLS the
+TLS handshake already refuses callers without a certificate from the client CA (see
+`tls.server_context`); the bearer token is still required on every request, and with allowed
+common names (`--client-cn`) the certificate's name must be one of them too (`AllOf`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ BEARER_PREFIX = "Bearer "
 
 
 class Authenticator(Protocol):
+    @property
+    def requirement(self) -> str:
+        """What a caller must present, for the refusal's message."""
+        ...
+
     def authenticate(self, request: web.Request) -> str | None:
         """The caller's identity, or None when this method does not vouch for it."""
         ...
@@ -38,6 +45,10 @@ class BearerTokenAuthenticator:
         self._reload()
         if not self._token:
             raise ValueError(f"token file {token_file} is empty: put the operator's token in it")
+
+    @property
+    def requirement(self) -> str:
+        return "Authorization: send `Bearer <operator token>`"
 
     def _reload(self) -> None:
         mtime = os.stat(self._file).st_mtime
@@ -63,7 +74,14 @@ class ClientCertificateAuthenticator:
     """
 
     def __init__(self, allowed: set[str]) -> None:
+        if not allowed:
+            raise ValueError("--client-cn: at least one common name is needed")
         self._allowed = allowed
+
+    @property
+    def requirement(self) -> str:
+        names = ", ".join(sorted(self._allowed))
+        return f"client certificate: its common name must be one of {names}"
 
     def authenticate(self, request: web.Request) -> str | None:
         transport = request.transport
@@ -75,3 +93,22 @@ class ClientCertificateAuthenticator:
                 if key == "commonName" and value in self._allowed:
                     return f"cn:{value}"
         return None
+
+
+class AllOf:
+    """Vouches only when every authenticator does; the caller is the first one's principal."""
+
+    def __init__(self, authenticators: list[Authenticator]) -> None:
+        if not authenticators:
+            raise ValueError("AllOf needs at least one authenticator")
+        self._authenticators = authenticators
+
+    @property
+    def requirement(self) -> str:
+        return "; and ".join(a.requirement for a in self._authenticators)
+
+    def authenticate(self, request: web.Request) -> str | None:
+        principals = [a.authenticate(request) for a in self._authenticators]
+        if any(p is None for p in principals):
+            return None
+        return principals[0]

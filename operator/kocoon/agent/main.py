@@ -16,6 +16,7 @@ from kocoon import log as logsetup
 from kocoon.agent import remote, tls
 from kocoon.agent.api import build_app
 from kocoon.agent.auth import (
+    AllOf,
     Authenticator,
     BearerTokenAuthenticator,
     ClientCertificateAuthenticator,
@@ -63,12 +64,18 @@ def parser() -> argparse.ArgumentParser:
         required=True,
         help="file holding the operator's bearer token (a mounted Secret)",
     )
-    p.add_argument("--client-ca", type=Path, help="require client certificates from this CA (mTLS)")
+    p.add_argument(
+        "--client-ca",
+        type=Path,
+        help="require client certificates from this CA at the TLS handshake (mTLS); "
+        "the bearer token is still required",
+    )
     p.add_argument(
         "--client-cn",
         action="append",
         default=[],
-        help="client certificate common name accepted as the operator (repeatable)",
+        help="with --client-ca: the client certificate's common name must also be one of "
+        "these (repeatable)",
     )
     p.add_argument("--node-name", default=os.environ.get(ENV_NODE_NAME) or socket.gethostname())
     p.add_argument(
@@ -132,10 +139,17 @@ async def build_key_provider(kind: str, state_dir: Path) -> KeyProvider:
 
 
 def build_authenticators(args: argparse.Namespace) -> list[Authenticator]:
-    authenticators: list[Authenticator] = [BearerTokenAuthenticator(args.token_file)]
-    if args.client_ca and args.client_cn:
-        authenticators.append(ClientCertificateAuthenticator(set(args.client_cn)))
-    return authenticators
+    """The bearer token, always; with --client-cn, and a certificate with one of those names.
+
+    --client-ca alone makes the TLS handshake require a certificate from that CA (see
+    `tls.server_context`); the token is required on top of it.
+    """
+    token = BearerTokenAuthenticator(args.token_file)
+    if not args.client_cn:
+        return [token]
+    if args.client_ca is None:
+        raise ValueError("--client-cn: needs --client-ca, the CA of the operator's certificate")
+    return [AllOf([token, ClientCertificateAuthenticator(set(args.client_cn))])]
 
 
 async def serve(args: argparse.Namespace) -> None:

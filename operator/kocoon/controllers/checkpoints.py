@@ -24,6 +24,9 @@ from kocoon.api.sandbox import Checkpoint, CheckpointCompatibility
 AGENT_ENDPOINTS_ENV = "KOCOON_AGENT_ENDPOINTS"  # JSON: {"<node>" or "*": "https://host:port"}
 AGENT_TOKEN_FILE_ENV = "KOCOON_AGENT_TOKEN_FILE"
 AGENT_CA_FILE_ENV = "KOCOON_AGENT_CA_FILE"
+# The operator's client certificate for agents that require one (mTLS, `--client-ca`).
+AGENT_CLIENT_CERT_FILE_ENV = "KOCOON_AGENT_CLIENT_CERT_FILE"
+AGENT_CLIENT_KEY_FILE_ENV = "KOCOON_AGENT_CLIENT_KEY_FILE"
 DEFAULT_DRIVER_ENV = "KOCOON_CHECKPOINT_DRIVER"
 TIMEOUT = aiohttp.ClientTimeout(total=600, connect=10)
 
@@ -76,8 +79,72 @@ def _record_to_status(record: CheckpointRecord) -> Checkpoint:
     )
 
 
+@dataclass(frozen=True)
+class ClientCertificate:
+    cert_file: Path
+    key_file: Path
+
+
+class AgentTLS:
+    """The TLS context for calling agents: their CA, and the operator's client certificate
+    when agents require one. The certificate is loaded again when its files change (a
+    renewed Secret), so calls after a renewal present the new one."""
+
+    def __init__(self, ca_file: str | None, client: ClientCertificate | None = None) -> None:
+        self.ca_file = ca_file
+        self.client = client
+        self._stamp: tuple[float, float] | None = None
+        self._context: ssl.SSLContext | bool = True
+        self._loaded = False
+        self.context()  # fails now, naming the setting, if the files are unusable
+
+    def _files_stamp(self) -> tuple[float, float] | None:
+        if self.client is None:
+            return None
+        try:
+            return (self.client.cert_file.stat().st_mtime, self.client.key_file.stat().st_mtime)
+        except OSError as error:
+            raise ValueError(
+                f"{AGENT_CLIENT_CERT_FILE_ENV}, {AGENT_CLIENT_KEY_FILE_ENV}: {error}"
+            ) from None
+
+    def context(self) -> ssl.SSLContext | bool:
+        stamp = self._files_stamp()
+        if self._loaded and stamp == self._stamp:
+            return self._context
+        if not self.ca_file and self.client is None:
+            context: ssl.SSLContext | bool = True
+        else:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if self.client is not None:
+                try:
+                    context.load_cert_chain(str(self.client.cert_file), str(self.client.key_file))
+                except (OSError, ssl.SSLError) as error:
+                    raise ValueError(
+                        f"{AGENT_CLIENT_CERT_FILE_ENV}, {AGENT_CLIENT_KEY_FILE_ENV}: "
+                        f"{self.client.cert_file} and {self.client.key_file} are not a usable "
+                        f"certificate and key: {error}"
+                    ) from None
+        self._context, self._stamp, self._loaded = context, stamp, True
+        return context
+
+
+def client_certificate_from_environment() -> ClientCertificate | None:
+    cert = os.environ.get(AGENT_CLIENT_CERT_FILE_ENV)
+    key = os.environ.get(AGENT_CLIENT_KEY_FILE_ENV)
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ValueError(
+            f"{AGENT_CLIENT_CERT_FILE_ENV}, {AGENT_CLIENT_KEY_FILE_ENV}: set both (the "
+            "operator's client certificate for agents that require one) or neither"
+        )
+    return ClientCertificate(Path(cert), Path(key))
+
+
 class AgentCheckpointer:
-    """Talks to `kocoon agent` over HTTPS with the operator's bearer token."""
+    """Talks to `kocoon agent` over HTTPS with the operator's bearer token, and with its
+    client certificate when one is configured (agents started with `--client-ca`)."""
 
     def __init__(
         self,
@@ -86,14 +153,17 @@ class AgentCheckpointer:
         ca_file: str | None,
         driver: str = "runc",
         discover: Callable[[str], Awaitable[str | None]] | None = None,
+        client_certificate: ClientCertificate | None = None,
     ) -> None:
         self.endpoints = endpoints
         self.discover = discover
         self.token = token
         self.driver = driver
-        self.ssl: ssl.SSLContext | bool = (
-            ssl.create_default_context(cafile=ca_file) if ca_file else True
-        )
+        self.tls = AgentTLS(ca_file, client_certificate)
+
+    @property
+    def ssl(self) -> ssl.SSLContext | bool:
+        return self.tls.context()
 
     @classmethod
     def from_environment(
@@ -108,6 +178,7 @@ class AgentCheckpointer:
             os.environ.get(AGENT_CA_FILE_ENV),
             os.environ.get(DEFAULT_DRIVER_ENV, "runc"),
             discover,
+            client_certificate_from_environment(),
         )
 
     async def endpoint(self, node: str | None) -> str:
