@@ -85,6 +85,48 @@ def test_the_agent_may_only_read_create_and_delete_secrets() -> None:
 
 
 @pytest.mark.unit
+def test_mtls_and_the_s3_copy_are_wired_into_the_agent_and_operator() -> None:
+    from kocoon.agent.main import parser
+
+    docs = rendered(
+        "agent.mtls.enabled=true",
+        "agent.s3.endpoint=https://s3.example.com",
+        "agent.s3.bucket=checkpoints",
+        "agent.s3.prefix=cluster-a/",
+        "agent.s3.caSecret=s3-ca",
+    )
+    agent = by_kind(docs, "DaemonSet")["kocoon-agent"]["spec"]["template"]["spec"]
+    container = agent["containers"][0]
+    # The rendered flags are ones the agent's own command line accepts.
+    args = parser().parse_args(container["args"][1:])
+    assert args.client_ca == Path("/etc/kocoon/client-ca/ca.crt")
+    assert args.client_cn == ["kocoon-operator"]
+    assert (args.s3_endpoint, args.s3_bucket, args.s3_prefix) == (
+        "https://s3.example.com",
+        "checkpoints",
+        "cluster-a/",
+    )
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v["secret"] for v in agent["volumes"] if "secret" in v}
+    assert str(args.s3_access_key_file).startswith(mounts["s3-credentials"])
+    assert str(args.s3_ca_file).startswith(mounts["s3-ca"])
+    assert str(args.client_ca).startswith(mounts["client-ca"])
+    assert volumes["client-ca"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+    assert volumes["s3-credentials"]["secretName"] == "kocoon-agent-s3"
+
+    operator = by_kind(docs, "Deployment")["kocoon-operator"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in operator["containers"][0]["env"]}
+    client = {m["name"]: m["mountPath"] for m in operator["containers"][0]["volumeMounts"]}
+    assert env["KOCOON_AGENT_CLIENT_CERT_FILE"] == client["agent-client"] + "/tls.crt"
+    assert env["KOCOON_AGENT_CLIENT_KEY_FILE"] == client["agent-client"] + "/tls.key"
+    secrets = {v["name"]: v["secret"] for v in operator["volumes"] if "secret" in v}
+    assert secrets["agent-client"]["secretName"] == "kocoon-operator-client-tls"
+
+    plain = by_kind(rendered(), "DaemonSet")["kocoon-agent"]["spec"]["template"]["spec"]
+    assert not [a for a in plain["containers"][0]["args"] if "s3" in a or "client" in a]
+
+
+@pytest.mark.unit
 def test_webhooks_can_be_turned_off() -> None:
     on = by_kind(rendered(), "Service")
     off = by_kind(rendered("webhooks.enabled=false"), "Service")
