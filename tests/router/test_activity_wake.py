@@ -37,8 +37,9 @@ def test_in_flight_keeps_renewing_and_quiet_targets_stop() -> None:
     assert tracker.due(3.0) == []
     assert tracker.due(5.0) == [A]  # still in flight: renewed; B quiet: not
     tracker.end(A)
-    assert tracker.due(10.0) == []  # ended, and no request began since the last renewal
+    assert tracker.due(10.0) == [A]  # the renewal at 5.0 counted it in flight: now 0 is written
     assert tracker.snapshot(A) == ActivitySnapshot(0, 1.0)
+    assert tracker.due(15.0) == []  # quiet since
 
 
 def test_activity_after_a_quiet_spell_is_written_at_once() -> None:

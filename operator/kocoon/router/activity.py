@@ -39,7 +39,7 @@ class ActivitySink(Protocol):
 class _TargetActivity:
     in_flight: int = 0
     last_request_at: float = 0.0
-    dirty: bool = False  # a request began since the last renewal was planned
+    dirty: bool = False  # a request began or ended since the last renewal was planned
     last_write: float | None = None  # monotonic time of the last planned renewal
 
 
@@ -63,6 +63,9 @@ class ActivityTracker:
         activity = self.targets[key]
         activity.in_flight -= 1
         activity.last_request_at = self.wall_clock()
+        # The last renewal may have counted this request in flight: the lower count must be
+        # written too, or the target would look busy (never idle) from then on.
+        activity.dirty = True
 
     def snapshot(self, key: TargetKey) -> ActivitySnapshot:
         activity = self.targets.get(key, _TargetActivity())
