@@ -22,6 +22,7 @@ from kocoon.agent.auth import (
     ClientCertificateAuthenticator,
 )
 from kocoon.agent.drivers.base import Driver
+from kocoon.agent.drivers.containerd import DEFAULT_CRI_RUNC_ROOT, ContainerdDriver
 from kocoon.agent.drivers.criutool import CriuTool
 from kocoon.agent.drivers.filesystem import FilesystemDriver
 from kocoon.agent.drivers.gvisor import GvisorDriver
@@ -45,6 +46,9 @@ DEFAULT_STATE_DIR = Path("/var/lib/kocoon-agent")
 KEY_PROVIDER_FILE = "file"
 KEY_PROVIDER_SECRET = "secret"
 ENV_NODE_NAME = "NODE_NAME"
+DEFAULT_RESTORED_RUNC_ROOT = Path("/run/kocoon-agent/runc")
+# A wake pod cannot stop while its restored container lives (see ContainerdDriver.reap).
+REAP_INTERVAL_SECONDS = 1.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -96,6 +100,18 @@ def parser() -> argparse.ArgumentParser:
         default=KEY_PROVIDER_FILE,
     )
     p.add_argument("--runc-root", type=Path, default=DEFAULT_RUNC_ROOT)
+    p.add_argument(
+        "--cri-runc-root",
+        type=Path,
+        default=DEFAULT_CRI_RUNC_ROOT,
+        help="runc state of containerd's Kubernetes containers (the containerd driver)",
+    )
+    p.add_argument(
+        "--restored-runc-root",
+        type=Path,
+        default=DEFAULT_RESTORED_RUNC_ROOT,
+        help="runc state of the containers the agent restored into pods",
+    )
     p.add_argument("--criu", type=Path, help="CRIU binary (default: $KOCOON_CRIU, cache, PATH)")
     p.add_argument("--kubelet-url", default=DEFAULT_KUBELET_URL)
     p.add_argument("--kubelet-token-file", type=Path)
@@ -117,6 +133,12 @@ def build_drivers(args: argparse.Namespace, criu: CriuTool) -> dict[str, Driver]
     )
     drivers: list[Driver] = [
         RuncDriver(criu, root=args.runc_root),
+        ContainerdDriver(
+            criu,
+            cri_root=args.cri_runc_root,
+            restored_root=args.restored_runc_root,
+            bundles=args.state_dir / "bundles",
+        ),
         ProcessDriver(criu),
         KubeletDriver(kubelet),
         FilesystemDriver(),
@@ -136,6 +158,20 @@ async def build_key_provider(kind: str, state_dir: Path) -> KeyProvider:
     except config.ConfigException:
         await config.load_kube_config()
     return SecretKeyProvider(client.CoreV1Api())
+
+
+async def reap_forever(drivers: dict[str, Driver], interval: float) -> None:
+    """Remove what drivers restored into pods that are gone (see ContainerdDriver.reap)."""
+    while True:
+        for driver in drivers.values():
+            reap = getattr(driver, "reap", None)
+            if reap is None:
+                continue
+            try:
+                await reap()
+            except Exception:
+                log.exception("reaping restored containers failed", extra={"driver": driver.name})
+        await asyncio.sleep(interval)
 
 
 def build_authenticators(args: argparse.Namespace) -> list[Authenticator]:
@@ -173,13 +209,14 @@ async def serve(args: argparse.Namespace) -> None:
     removed = store.clean_partials()
     if removed:
         log.info("removed unfinished archives", extra={"removed": removed})
+    drivers = build_drivers(args, criu)
     service = CheckpointService(
         ServiceConfig(
             node_name=args.node_name, scratch_dir=args.scratch_dir or args.state_dir / "scratch"
         ),
         store,
         await build_key_provider(args.key_provider, args.state_dir),
-        build_drivers(args, criu),
+        drivers,
         criu,
         remote=remote_store,
     )
@@ -203,9 +240,11 @@ async def serve(args: argparse.Namespace) -> None:
             "drivers": {d.name: d.available for d in facts.drivers},
         },
     )
+    reaper = asyncio.create_task(reap_forever(drivers, REAP_INTERVAL_SECONDS))
     try:
         await asyncio.Event().wait()
     finally:
+        reaper.cancel()
         await runner.cleanup()
 
 

@@ -16,6 +16,7 @@ _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])
 CHECKPOINT_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 # Container ids as runc accepts them; also keeps them safe as path components.
 _CONTAINER_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_UID = r"^[0-9a-fA-F-]{1,64}$"
 
 ScalarDetail = str | int | bool
 
@@ -56,6 +57,7 @@ class CheckpointRequest(ApiModel):
     container_id: Annotated[str | None, Field(pattern=_CONTAINER_ID)] = None
     pid: Annotated[int | None, Field(gt=1)] = None
     pod: Annotated[str | None, Field(pattern=_DNS_SUBDOMAIN)] = None
+    pod_uid: Annotated[str | None, Field(pattern=_UID)] = None
     container: Annotated[str | None, Field(pattern=_DNS_LABEL)] = None
     leave_running: bool = False
     image_digest: str | None = None
@@ -63,6 +65,9 @@ class CheckpointRequest(ApiModel):
 
 class RestoreRequest(ApiModel):
     container_id: Annotated[str | None, Field(pattern=_CONTAINER_ID)] = None
+    # The pod to restore into (the containerd driver): a new pod of the same sandbox.
+    pod_uid: Annotated[str | None, Field(pattern=_UID)] = None
+    container: Annotated[str | None, Field(pattern=_DNS_LABEL)] = None
     bundle: str | None = None
     image_digest: str | None = None
 

@@ -44,15 +44,20 @@ async def run(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     time_limit: float = DEFAULT_TIMEOUT_SECONDS,
+    output: tuple[int, int] | None = None,
 ) -> Completed:
-    """Runs a command to completion; never raises for a non-zero exit (callers decide)."""
+    """Runs a command to completion; never raises for a non-zero exit (callers decide).
+
+    `output`: descriptors to give the command as stdout and stderr instead of capturing them
+    (a restored process inherits them); its Completed then has empty output.
+    """
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
+            stdout=output[0] if output else out,
+            stderr=output[1] if output else err,
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
@@ -83,12 +88,15 @@ def which(name: str, path: str | None = None) -> Path | None:
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
-    """The last lines of a tool's log file, for error messages; empty when absent."""
+    """What a tool's log file says went wrong, for error messages: its error lines (CRIU
+    marks them `Error (file:line)`) when it has any, else its last lines; empty when absent."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
+    all_lines = text.strip().splitlines()
+    errors = [line for line in all_lines if "Error (" in line]
+    return "\n".join(errors[:lines] if errors else all_lines[-lines:])
 
 
 def env_with_path_first(directory: Path) -> dict[str, str]:

@@ -50,7 +50,12 @@ from kocoon.agent.store import CheckpointStore, select_for_pruning
 log = logging.getLogger(__name__)
 
 # Request fields that override what the checkpoint recorded about its target.
-_TARGET_OVERRIDES = {"container_id": "containerId", "bundle": "bundle"}
+_TARGET_OVERRIDES = {
+    "container_id": "containerId",
+    "bundle": "bundle",
+    "pod_uid": "podUid",
+    "container": "container",
+}
 
 
 def new_checkpoint_id(now: datetime) -> str:
@@ -170,6 +175,7 @@ class CheckpointService:
                     container_id=request.container_id,
                     pid=request.pid,
                     pod=request.pod,
+                    pod_uid=request.pod_uid,
                     container=request.container,
                     leave_running=request.leave_running,
                 )

@@ -10,6 +10,7 @@ from kocoon.agent.models import SandboxRef, ScalarDetail
 
 # Driver names: the values of `driver` in API requests and checkpoint records.
 DRIVER_RUNC = "runc"
+DRIVER_CONTAINERD = "containerd"
 DRIVER_PROCESS = "process"
 DRIVER_KUBELET = "kubelet"
 DRIVER_FILESYSTEM = "filesystem"
@@ -36,6 +37,7 @@ class CheckpointTarget:
     container_id: str | None = None
     pid: int | None = None
     pod: str | None = None
+    pod_uid: str | None = None
     container: str | None = None
     leave_running: bool = False
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from kocoon.agent.drivers.base import (
     Unsupported,
 )
 from kocoon.agent.drivers.criutool import CriuTool
+from kocoon.agent.drivers.runctool import DUMP_LOG, RESTORE_LOG, RuncMissing, RuncTool
 from kocoon.agent.errors import (
     CheckpointFailed,
     InvalidRequest,
@@ -28,8 +27,6 @@ from kocoon.agent.errors import (
 
 RUNTIME_NAME = "runc"
 DEFAULT_RUNC_ROOT = Path("/run/runc")
-DUMP_LOG = "dump.log"
-RESTORE_LOG = "restore.log"
 TARGET_CONTAINER_ID = "containerId"
 TARGET_BUNDLE = "bundle"
 
@@ -39,51 +36,28 @@ class RuncDriver:
         self, criu: CriuTool, *, runc: str = "runc", root: Path = DEFAULT_RUNC_ROOT
     ) -> None:
         self._criu = criu
-        self._runc = runc
-        self._root = root
+        self._tool = RuncTool(criu, runc=runc, root=root)
 
     @property
     def name(self) -> str:
         return DRIVER_RUNC
 
-    def _binary(self) -> Path | None:
-        return proc.which(self._runc)
-
-    async def _version(self) -> str | None:
-        binary = self._binary()
-        if binary is None:
-            return None
-        result = await proc.run([str(binary), "--version"], time_limit=30)
-        match = re.search(r"runc version\s+(\S+)", result.stdout)
-        return match.group(1) if match else None
-
     async def probe(self) -> Availability:
-        if self._binary() is None:
-            return Unsupported(f"no {self._runc} binary on PATH")
+        if self._tool.binary() is None:
+            return Unsupported(f"no {self._tool.runc} binary on PATH")
         criu = await self._criu.availability()
         if isinstance(criu, Unsupported):
             return criu
-        return Available(f"runc {await self._version()}, {criu.detail}")
+        return Available(f"runc {await self._tool.version()}, {criu.detail}")
 
     async def runtime_identity(self) -> tuple[str | None, str | None]:
-        return RUNTIME_NAME, await self._version()
-
-    async def _runc_cmd(self, *args: str) -> proc.Completed:
-        binary = self._binary()
-        if binary is None:
-            raise CheckpointFailed(f"no {self._runc} binary on PATH")
-        criu_dir = (await self._criu.path()).parent
-        # runc execs `criu` from PATH: the checked CRIU must come first.
-        return await proc.run(
-            [str(binary), "--root", str(self._root), *args], env=proc.env_with_path_first(criu_dir)
-        )
+        return RUNTIME_NAME, await self._tool.version()
 
     async def state(self, container_id: str) -> dict[str, Any] | None:
-        result = await self._runc_cmd("state", container_id)
-        if not result.ok:
-            return None
-        state: dict[str, Any] = json.loads(result.stdout)
-        return state
+        try:
+            return await self._tool.state(container_id)
+        except RuncMissing as error:
+            raise CheckpointFailed(str(error)) from error
 
     async def checkpoint(self, target: CheckpointTarget, image_dir: Path, work_dir: Path) -> Dumped:
         cid = target.container_id
@@ -91,15 +65,15 @@ class RuncDriver:
             raise InvalidRequest("containerId: the runc driver needs the container's runc id")
         state = await self.state(cid)
         if state is None:
-            raise TargetNotFound(f"containerId: runc (root {self._root}) has no container {cid!r}")
+            raise TargetNotFound(
+                f"containerId: runc (root {self._tool.root}) has no container {cid!r}"
+            )
         if state.get("status") != "running":
             raise InvalidRequest(
                 f"containerId: container {cid!r} is {state.get('status')}, not running"
             )
-        args = ["checkpoint", "--image-path", str(image_dir), "--work-path", str(work_dir)]
-        if target.leave_running:
-            args.append("--leave-running")
-        result = await self._runc_cmd(*args, cid)
+        flags = ["--leave-running"] if target.leave_running else []
+        result = await self._tool.checkpoint(cid, image_dir, work_dir, flags)
         if not result.ok:
             raise CheckpointFailed(
                 f"runc checkpoint of {cid!r} failed (rc={result.returncode}): {result.tail(5)}\n"
@@ -107,7 +81,7 @@ class RuncDriver:
             )
         return Dumped(
             runtime=RUNTIME_NAME,
-            runtime_version=await self._version(),
+            runtime_version=await self._tool.version(),
             criu_version=await self._criu.version(),
             target={TARGET_CONTAINER_ID: cid, TARGET_BUNDLE: str(state.get("bundle", ""))},
         )
@@ -127,9 +101,7 @@ class RuncDriver:
                 f"containerId: a container {cid!r} already exists; "
                 "delete it or restore under another id"
             )
-        args = ["restore", "--image-path", str(image_dir), "--work-path", str(work_dir)]
-        args += ["--bundle", bundle, "--detach"]
-        result = await self._runc_cmd(*args, cid)
+        result = await self._tool.restore(cid, Path(bundle), image_dir, work_dir)
         if not result.ok:
             raise RestoreFailed(
                 f"runc restore of {cid!r} failed (rc={result.returncode}): {result.tail(5)}\n"
