@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from kocoon.api.common import DnsSubdomain, GpuMode, PositiveQuantity
+from kocoon.builders.context import DEFAULT_RESTORE_HOLD_COMMAND
 
 CONFIG_ENV = "KOCOON_CONFIG"
 ENV_PREFIX = "KOCOON_"
@@ -72,6 +73,12 @@ class OperatorConfig(BaseModel):
     """Per-namespace limits; the key `*` applies to namespaces not listed."""
     router_domain: str = "kocoon.localhost"
     """Domain under which the router serves sessions and models."""
+    restore_hold_command: Annotated[list[str], Field(min_length=1)] = list(
+        DEFAULT_RESTORE_HOLD_COMMAND
+    )
+    """What a wake pod's container runs while the node agent restores its checkpoint beside it
+    (memory hibernation on containerd nodes). The image must have it; it should do nothing
+    and exit on SIGTERM."""
     pod_hardening: bool = True
     """Apply the hardened pod security context to every sandbox (non-root, no privilege
     escalation, all capabilities dropped, seccomp RuntimeDefault)."""

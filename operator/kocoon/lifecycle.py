@@ -39,6 +39,15 @@ class PodView:
     # The operator marks a pod whose memory checkpoint failed, so hibernation goes on
     # without memory instead of retrying forever.
     checkpoint_failed: bool = False
+    # A wake pod whose container runs the hold command until the node agent restores the
+    # checkpoint beside it; `restored` names the checkpoint once that happened.
+    held: bool = False
+    restored: str | None = None
+
+    @property
+    def placeholder_only(self) -> bool:
+        """A wake pod with nothing restored into it: it runs no workload at all."""
+        return self.held and self.restored is None
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,12 @@ def _awake(observed: Observed, phase: SandboxPhase) -> Decision:
             reason=why,
             message=_hibernate_message(observed, why),
         )
+    if pod is not None and pod.placeholder_only and not pod.deleting:
+        return Decision(
+            SandboxPhase.STARTING,
+            (Action.DELETE_POD, *clear),
+            (ConditionUpdate(ConditionType.READY, False, Reason.POD_PENDING, "replacing the pod"),),
+        )
     if pod is None or pod.deleting:
         actions = () if pod is not None else (Action.CREATE_POD,)
         return Decision(
@@ -288,6 +303,7 @@ def _continue_hibernating(observed: Observed) -> Decision:
             mode == "memory"
             and pod.ready
             and not pod.checkpoint_failed
+            and not pod.placeholder_only
             and (observed.checkpoint is None or observed.checkpoint.id != wanted)
         )
         action = Action.CHECKPOINT if needs_checkpoint else Action.DELETE_POD
@@ -361,6 +377,10 @@ def _waking(observed: Observed) -> Decision:
         return Decision(SandboxPhase.WAKING, (), (waking,))
     if observed.checkpoint is not None and pod.restore_from == observed.checkpoint.id:
         return Decision(SandboxPhase.WAKING, (Action.RESTORE,), (waking,))
+    if pod.placeholder_only:
+        # Its restore will not happen (it failed, or the checkpoint is gone): a new pod
+        # starts the workload cold from the workspace.
+        return Decision(SandboxPhase.WAKING, (Action.DELETE_POD,), (waking,))
     clear = (Action.CLEAR_WAKE_REQUEST,) if wake_requested(observed) else ()
     return Decision(
         SandboxPhase.RUNNING,

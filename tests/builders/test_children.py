@@ -99,6 +99,28 @@ def test_restore_pins_a_preference_for_the_checkpoint_node() -> None:
     assert preferred["values"] == ["n7"]
 
 
+def test_a_pod_held_for_a_restore_runs_the_hold_command_not_the_program() -> None:
+    template = {"image": "busybox", "command": ["serve"], "args": ["--port", "8080"]}
+    manifest = pod.pod(
+        OWNER,
+        spec(template=template),
+        SETTINGS,
+        restore_from="s1-abc",
+        node_name="n7",
+        hold_for_restore=True,
+    )
+    container = manifest["spec"]["containers"][0]
+    assert container["command"] == list(SETTINGS.restore_hold_command)
+    assert "args" not in container
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    annotations = manifest["metadata"]["annotations"]
+    assert annotations[names.HOLD_FOR_RESTORE_ANNOTATION] == "true"
+    assert annotations[names.RESTORE_FROM_ANNOTATION] == "s1-abc"
+    cold = pod.pod(OWNER, spec(template=template), SETTINGS)
+    assert cold["spec"]["containers"][0]["command"] == ["serve"]
+    assert names.HOLD_FOR_RESTORE_ANNOTATION not in cold["metadata"].get("annotations", {})
+
+
 def test_network_policy_denies_egress_by_default_but_dns() -> None:
     policy = network.network_policy(OWNER, spec(), SETTINGS)
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]

@@ -305,3 +305,32 @@ def test_activity_window_for_metering_never_outlasts_the_idle_timeout(
     assert (
         lifecycle.is_active(observed(SandboxPhase.RUNNING, running_pod(), seen, **fields)) is active
     )
+
+
+def test_a_wake_pod_holding_the_place_is_restored_into_then_runs() -> None:
+    stored = Checkpoint(id="s1-abc", node="n1", driver="containerd")
+    held = running_pod(uid="pod-uid-2", restore_from="s1-abc", held=True)
+    assert lifecycle.decide(observed(SandboxPhase.WAKING, held, checkpoint=stored)).actions == (
+        Action.RESTORE,
+    )
+    restored = running_pod(uid="pod-uid-2", restore_from="s1-abc", held=True, restored="s1-abc")
+    assert lifecycle.decide(observed(SandboxPhase.WAKING, restored)).phase is SandboxPhase.RUNNING
+
+
+def test_a_placeholder_whose_restore_will_not_happen_is_replaced() -> None:
+    # The restore failed and the checkpoint was released: the pod runs nothing.
+    held = running_pod(uid="pod-uid-2", restore_from="s1-abc", held=True)
+    waking = lifecycle.decide(observed(SandboxPhase.WAKING, held))
+    assert (waking.phase, waking.actions) == (SandboxPhase.WAKING, (Action.DELETE_POD,))
+    running = lifecycle.decide(observed(SandboxPhase.RUNNING, held))
+    assert running.actions == (Action.DELETE_POD,)
+    assert running.phase is not SandboxPhase.RUNNING
+
+
+def test_a_placeholder_is_never_checkpointed() -> None:
+    held = running_pod(uid="pod-uid-2", restore_from="s1-abc", held=True)
+    decision = lifecycle.decide(observed(SandboxPhase.HIBERNATING, held, hibernation="memory"))
+    assert decision.actions == (Action.DELETE_POD,)
+    restored = running_pod(uid="pod-uid-2", restore_from="s1-abc", held=True, restored="s1-abc")
+    again = lifecycle.decide(observed(SandboxPhase.HIBERNATING, restored, hibernation="memory"))
+    assert again.actions == (Action.CHECKPOINT,)

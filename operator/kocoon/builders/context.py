@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 
 from kocoon.kube.resources import API_VERSION
 
+DEFAULT_RESTORE_HOLD_COMMAND = (
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
+)
+
 
 @dataclass(frozen=True)
 class Identity:
@@ -44,3 +50,6 @@ class BuildSettings:
     dns_pod_labels: dict[str, str] = field(default_factory=lambda: {"k8s-app": "kube-dns"})
     gpu: GpuResourceNames = field(default_factory=GpuResourceNames)
     run_as_user: int = 65532
+    # What a wake pod's container runs until the node agent restores the checkpoint beside
+    # it: nothing, and it stops at once when the pod is deleted.
+    restore_hold_command: tuple[str, ...] = DEFAULT_RESTORE_HOLD_COMMAND

@@ -13,6 +13,10 @@ WORKSPACE_VOLUME = "workspace"
 
 # Written by the operator on the pod it creates to restore a checkpoint into.
 RESTORE_FROM_ANNOTATION = "kocoon.io/restore-from-checkpoint"
+# On a pod whose container only holds the place (runs the hold command) until the node agent
+# restores the checkpointed processes beside it; set to the checkpoint id once restored.
+HOLD_FOR_RESTORE_ANNOTATION = "kocoon.io/hold-for-restore"
+RESTORED_ANNOTATION = "kocoon.io/restored-checkpoint"
 
 # Activity contract with the router (docs/router.md): one Lease per target.
 ACTIVITY_LEASE_PREFIX = "kocoon-activity-sandbox-"

@@ -13,7 +13,7 @@ def runtime_class(spec: SandboxSpec, settings: BuildSettings) -> str:
     return spec.runtime_class_name or settings.default_runtime_class
 
 
-def _container(spec: SandboxSpec, settings: BuildSettings) -> dict[str, Any]:
+def _container(spec: SandboxSpec, settings: BuildSettings, hold: bool) -> dict[str, Any]:
     template = spec.template
     container: dict[str, Any] = {
         "name": names.CONTAINER_NAME,
@@ -34,9 +34,11 @@ def _container(spec: SandboxSpec, settings: BuildSettings) -> dict[str, Any]:
         container["securityContext"]["privileged"] = False
     if template.image_pull_policy:
         container["imagePullPolicy"] = template.image_pull_policy
-    if template.command:
+    if hold:
+        container["command"] = list(settings.restore_hold_command)
+    elif template.command:
         container["command"] = list(template.command)
-    if template.args:
+    if template.args and not hold:
         container["args"] = list(template.args)
     if template.working_dir:
         container["workingDir"] = template.working_dir
@@ -66,14 +68,21 @@ def pod(
     *,
     restore_from: str | None = None,
     node_name: str | None = None,
+    hold_for_restore: bool = False,
 ) -> dict[str, Any]:
-    """The sandbox's pod; `restore_from` names a checkpoint to restore, `node_name` pins it."""
+    """The sandbox's pod; `restore_from` names a checkpoint to restore, `node_name` pins it.
+
+    `hold_for_restore`: the container runs the hold command, not the image's program: the node
+    agent restores the checkpointed processes beside it.
+    """
     template = spec.template
     metadata_labels = dict(template.metadata.labels or {}) if template.metadata else {}
     metadata_annotations = dict(template.metadata.annotations or {}) if template.metadata else {}
     metadata_labels.update(names.labels(owner.name, "sandbox"))
     if restore_from:
         metadata_annotations[names.RESTORE_FROM_ANNOTATION] = restore_from
+        if hold_for_restore:
+            metadata_annotations[names.HOLD_FOR_RESTORE_ANNOTATION] = "true"
     pod_spec: dict[str, Any] = {
         "runtimeClassName": runtime_class(spec, settings),
         "automountServiceAccountToken": False,
@@ -89,7 +98,7 @@ def pod(
             "fsGroup": settings.run_as_user,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(spec, settings)],
+        "containers": [_container(spec, settings, hold_for_restore and bool(restore_from))],
     }
     if spec.workspace is not None:
         pod_spec["volumes"] = [
@@ -112,7 +121,8 @@ def pod(
     if template.priority_class_name:
         pod_spec["priorityClassName"] = template.priority_class_name
     if node_name:
-        # The checkpoint lives on that node: ask for it, but let the scheduler decide.
+        # The checkpoint lives on that node: ask for it, but let the scheduler decide. A pod
+        # placed elsewhere (the node is gone or full) cannot be restored into and wakes cold.
         pod_spec["affinity"] = {
             "nodeAffinity": {
                 "preferredDuringSchedulingIgnoredDuringExecution": [

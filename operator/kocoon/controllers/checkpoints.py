@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from kocoon.agent.drivers.base import DRIVER_CONTAINERD
 from kocoon.agent.models import CheckpointRecord, CheckpointRequest, RestoreRequest, SandboxRef
 from kocoon.api.sandbox import Checkpoint, CheckpointCompatibility
 
@@ -29,6 +30,8 @@ AGENT_CLIENT_CERT_FILE_ENV = "KOCOON_AGENT_CLIENT_CERT_FILE"
 AGENT_CLIENT_KEY_FILE_ENV = "KOCOON_AGENT_CLIENT_KEY_FILE"
 DEFAULT_DRIVER_ENV = "KOCOON_CHECKPOINT_DRIVER"
 TIMEOUT = aiohttp.ClientTimeout(total=600, connect=10)
+# Drivers that restore beside the wake pod's container, which holds the place meanwhile.
+RESTORES_INTO_POD = frozenset({DRIVER_CONTAINERD})
 
 
 class CheckpointUnavailable(Exception):
@@ -49,6 +52,8 @@ class Target:
     node: str
     container_id: str | None
     pod_ip: str | None
+    pod_uid: str | None = None
+    container: str | None = None
 
 
 class Checkpointer(Protocol):
@@ -151,7 +156,7 @@ class AgentCheckpointer:
         endpoints: dict[str, str],
         token: str,
         ca_file: str | None,
-        driver: str = "runc",
+        driver: str = DRIVER_CONTAINERD,
         discover: Callable[[str], Awaitable[str | None]] | None = None,
         client_certificate: ClientCertificate | None = None,
     ) -> None:
@@ -176,7 +181,7 @@ class AgentCheckpointer:
             endpoints,
             token,
             os.environ.get(AGENT_CA_FILE_ENV),
-            os.environ.get(DEFAULT_DRIVER_ENV, "runc"),
+            os.environ.get(DEFAULT_DRIVER_ENV, DRIVER_CONTAINERD),
             discover,
             client_certificate_from_environment(),
         )
@@ -225,6 +230,8 @@ class AgentCheckpointer:
             driver=self.driver,
             container_id=target.container_id,
             pod=target.pod,
+            pod_uid=target.pod_uid,
+            container=target.container,
             id=checkpoint_id,
         )
         data = await self._call(
@@ -236,9 +243,16 @@ class AgentCheckpointer:
         return _record_to_status(CheckpointRecord.model_validate(data))
 
     async def restore(self, target: Target, checkpoint: Checkpoint) -> None:
-        request = RestoreRequest(container_id=target.container_id)
+        node = checkpoint.node
+        if checkpoint.driver in RESTORES_INTO_POD:
+            # Restored where the wake pod runs: normally the checkpoint's node; elsewhere the
+            # agent there fetches the checkpoint from the bucket, if one is configured.
+            request = RestoreRequest(pod_uid=target.pod_uid, container=target.container)
+            node = target.node or checkpoint.node
+        else:
+            request = RestoreRequest(container_id=target.container_id)
         await self._call(
-            checkpoint.node,
+            node,
             "POST",
             f"/v1/checkpoints/{checkpoint.id}/restore",
             request.model_dump(by_alias=True, exclude_none=True),

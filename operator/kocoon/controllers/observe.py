@@ -40,6 +40,8 @@ def pod_view(pod: dict[str, Any] | None) -> PodView | None:
         unschedulable=unschedulable,
         restore_from=annotations.get(names.RESTORE_FROM_ANNOTATION),
         checkpoint_failed=CHECKPOINT_FAILED_ANNOTATION in annotations,
+        held=annotations.get(names.HOLD_FOR_RESTORE_ANNOTATION) == "true",
+        restored=annotations.get(names.RESTORED_ANNOTATION),
     )
 
 

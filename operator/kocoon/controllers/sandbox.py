@@ -23,7 +23,12 @@ from kocoon.builders import activity, gpu, names, network, storage, token
 from kocoon.builders import pod as pod_builder
 from kocoon.builders.context import Identity
 from kocoon.controllers import common, failpoints, metrics, observe
-from kocoon.controllers.checkpoints import CheckpointFailed, CheckpointUnavailable, Target
+from kocoon.controllers.checkpoints import (
+    RESTORES_INTO_POD,
+    CheckpointFailed,
+    CheckpointUnavailable,
+    Target,
+)
 from kocoon.controllers.context import OperatorContext, current, reconcile_interval
 from kocoon.kube import client, events
 from kocoon.kube.resources import GROUP, LEASE, POD, SANDBOX, SECRET, VERSION
@@ -121,6 +126,7 @@ async def _act(
             ctx.build,
             restore_from=checkpoint.id if checkpoint else None,
             node_name=checkpoint.node if checkpoint else None,
+            hold_for_restore=checkpoint is not None and checkpoint.driver in RESTORES_INTO_POD,
         )
         try:
             await client.request(ctx.api, "POST", POD.path(owner.namespace), body=manifest)
@@ -157,6 +163,8 @@ def _target(owner: Identity, pod: dict[str, Any], view: lifecycle.PodView) -> Ta
         node=view.node or "",
         container_id=observe.container_id(pod),
         pod_ip=view.ip,
+        pod_uid=view.uid,
+        container=names.CONTAINER_NAME,
     )
 
 
@@ -221,14 +229,29 @@ async def _restore(
     assert status.checkpoint is not None
     checkpoint = status.checkpoint
     generation = body["metadata"].get("generation", 0)
+    pod_name = names.pod_name(owner.name)
     try:
-        await ctx.checkpointer.restore(_target(owner, pod, view), checkpoint)
+        if view.restored != checkpoint.id:  # else: restored before an operator restart
+            await ctx.checkpointer.restore(_target(owner, pod, view), checkpoint)
+            if view.held:
+                # Recorded before the checkpoint is released: from here on the pod runs the
+                # workload, and a restart must not take it for an empty placeholder.
+                await client.merge_patch(
+                    ctx.api,
+                    POD,
+                    owner.namespace,
+                    pod_name,
+                    {"metadata": {"annotations": {names.RESTORED_ANNOTATION: checkpoint.id}}},
+                )
         reason, ok = Reason.CHECKPOINT_STORED, True
         message = f"memory restored from checkpoint {checkpoint.id}"
     except (CheckpointUnavailable, CheckpointFailed) as error:
         reason, ok = Reason.WOKE_COLD, False
         message = f"restore of {checkpoint.id} failed ({error}); woke cold from the workspace"
         metrics.RESTORE_FAILURES.inc()
+        if view.held:
+            # Its container holds the place and runs nothing: a new pod starts cold.
+            await client.delete(ctx.api, POD, owner.namespace, pod_name, preconditions_uid=view.uid)
     # Either way this checkpoint is spent: a later restore would bring back stale memory.
     await _release(ctx, owner, status)
     status.conditions = merge_conditions(
