@@ -127,6 +127,25 @@ def test_mtls_and_the_s3_copy_are_wired_into_the_agent_and_operator() -> None:
 
 
 @pytest.mark.unit
+def test_the_agent_sees_the_nodes_containers_as_the_containerd_driver_needs() -> None:
+    from kocoon.agent.main import parser
+
+    agent = by_kind(rendered(), "DaemonSet")["kocoon-agent"]["spec"]["template"]["spec"]
+    container = agent["containers"][0]
+    args = parser().parse_args(container["args"][1:])
+    assert agent["hostPID"] is True  # /proc/<pid>/ns of the pods' pause processes
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in agent["volumes"] if "hostPath" in v}
+    for path in (args.cri_runc_root, args.restored_runc_root):
+        mount = next(m for p, m in mounts.items() if str(path).startswith(p + "/"))
+        assert host_paths[mount["name"]] == mount["mountPath"]  # the node's own paths
+        assert mount["mountPropagation"] == "HostToContainer"
+    for directory in ("/var/lib/kubelet", "/var/lib/containerd"):
+        assert mounts[directory]["mountPropagation"] == "HostToContainer"
+        assert host_paths[mounts[directory]["name"]] == directory
+
+
+@pytest.mark.unit
 def test_webhooks_can_be_turned_off() -> None:
     on = by_kind(rendered(), "Service")
     off = by_kind(rendered("webhooks.enabled=false"), "Service")
