@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -635,6 +636,9 @@ def stop(state: ClusterState) -> None:
         processes.stop(state.pids[KUBELET])
     if CONTAINERD in state.pids:
         if processes.alive(state.pids[CONTAINERD]):
+            # Restored containers first: they hold their wake pod's log pipes, and containerd
+            # does not finish stopping a container while its output is still open.
+            _kill_runc_containers(node, lambda root: root.name != CONTAINERD_NAMESPACE)
             _remove_containers(node)
         processes.stop(state.pids[CONTAINERD])
     _kill_leftovers(node)
@@ -653,17 +657,23 @@ def _remove_containers(node: NodeLayout) -> None:
         _ctr(node, "containers", "delete", container, check=False)
 
 
+def _kill_runc_containers(node: NodeLayout, which: Callable[[Path], bool]) -> None:
+    for root in node.runc_root.iterdir() if node.runc_root.is_dir() else ():
+        if not which(root):
+            continue
+        for container in root.iterdir():
+            runc = (str(RUNC), "--root", str(root))
+            _run(*runc, "kill", "--all", container.name, "KILL", check=False)
+            _run(*runc, "delete", "--force", container.name, check=False)
+
+
 def _kill_leftovers(node: NodeLayout) -> None:
     """Containers and shims whose containerd is gone: found by our runc root or our socket.
 
     Every runc root under the node's directory counts: containerd's namespace (`k8s.io`) and
     the ones restores made outside containerd.
     """
-    for root in node.runc_root.iterdir() if node.runc_root.is_dir() else ():
-        for container in root.iterdir():
-            runc = (str(RUNC), "--root", str(root))
-            _run(*runc, "kill", "--all", container.name, "KILL", check=False)
-            _run(*runc, "delete", "--force", container.name, check=False)
+    _kill_runc_containers(node, lambda root: True)
     marker = str(node.socket).encode()
     # Any process configured from the node's directory (a kubelet or containerd whose PID the
     # state lost, e.g. after the node was added again) is ours too.

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from kocoon.agent import local as local_agent
-from kocoon.devcluster import binaries
+from kocoon.devcluster import binaries, realnode
 from kocoon.devcluster.cluster import Cluster, project_root
 from kocoon.devcluster.processes import free_port, stop, wait_healthy
 
@@ -149,8 +149,21 @@ def start_agent(cluster: Cluster) -> dict[str, str]:
     directory = Path(cluster.state.directory) / "agent"
     creds = local_agent.credentials(directory)
     port = free_port()
+    extra: tuple[str, ...] = ()
+    node_name = "local"
+    if realnode.KUBELET in cluster.state.pids:
+        # The real node's pods: containerd's runc state, and a root for restored containers.
+        node = realnode.layout(cluster.state)
+        node_name = realnode.NODE_NAME
+        extra = (
+            "--cri-runc-root", str(node.runc_root / realnode.CONTAINERD_NAMESPACE),
+            "--restored-runc-root", str(node.runc_root / "kocoon-restored"),
+        )  # fmt: skip
     pid = cluster.start_process(
-        "kocoon-agent", local_agent.command(creds, port, directory / "state")
+        "kocoon-agent",
+        local_agent.command(
+            creds, port, directory / "state", node_name=node_name, extra_args=extra
+        ),
     )
     wait_healthy(
         "kocoon agent", f"https://127.0.0.1:{port}/healthz", pid,
