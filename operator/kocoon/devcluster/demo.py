@@ -2,8 +2,11 @@
 
 An AgentSession is created (it makes its Sandbox, token and route); a request through the
 router reaches it; it goes idle and hibernates; the next request through the router wakes it
-and is answered. The cluster, operator, router
-and workloads keep running afterwards (`make dev-down` stops them all).
+and is answered. Where this machine can be a real node (root, `make node-setup`), the session
+runs there for real and hibernates with its memory: the answer after the wake continues the
+count of the process that went to sleep. Elsewhere it runs on simulated nodes and hibernates
+to its workspace. The cluster, operator, router and agent keep running afterwards
+(`make dev-down` stops them all). KOCOON_DEV_REAL_NODE=0 keeps to the simulated nodes.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import sys
 import time
 import urllib.error
@@ -18,8 +22,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from kocoon.devcluster import binaries, images, realnode, stack
 from kocoon.devcluster import cluster as cluster_module
-from kocoon.devcluster import stack
 
 NAMESPACE = "demo"
 NAME = "hello"
@@ -40,7 +44,40 @@ def wait(what: str, probe: Callable[[], Any], timeout: float = 90) -> Any:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def session_manifest() -> dict[str, Any]:
+# CRIU reads a process's resource limits, which takes CAP_SYS_RESOURCE unless the process runs
+# as CRIU's own user. Root on a normal node has it; where it lacks it, the session runs as root
+# (pod hardening off) so its memory can still be checkpointed.
+CAP_SYS_RESOURCE = 24
+
+
+def real_node_problem() -> str | None:
+    """Why this machine cannot be the demo's real node; None when it can."""
+    if os.environ.get("KOCOON_DEV_REAL_NODE") == "0":
+        return "KOCOON_DEV_REAL_NODE=0"
+    try:
+        realnode.preflight()
+    except (binaries.MissingBinaryError, realnode.RealNodeError) as error:
+        return str(error)
+    return None
+
+
+def session_manifest(real: bool, as_root: bool) -> dict[str, Any]:
+    template: dict[str, Any] = {
+        "image": "python:3.12-slim",
+        "command": ["python", "-m", "http.server", "8080"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+    }
+    if real:
+        # The in-memory counter (kocoon-counter), from an image built on this machine.
+        template = {
+            "image": images.reference(images.PYTHON),
+            "imagePullPolicy": "Never",
+            "ports": [{"name": "http", "containerPort": images.COUNTER_PORT}],
+            "nodeSelector": {realnode.REAL_NODE_LABEL: "true"},
+            "tolerations": [{**realnode.REAL_NODE_TAINT, "operator": "Equal"}],
+        }
+        if as_root:
+            template["securityContext"] = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
     return {
         "apiVersion": "kocoon.io/v1alpha1",
         "kind": "AgentSession",
@@ -48,19 +85,21 @@ def session_manifest() -> dict[str, Any]:
         "spec": {
             "owner": {"user": "dev@example.com"},
             "sandboxTemplate": {
-                "template": {
-                    "image": "python:3.12-slim",
-                    "command": ["python", "-m", "http.server", "8080"],
-                    "ports": [{"name": "http", "containerPort": 8080}],
-                },
+                "template": template,
                 "runtimeClassName": "runc",
                 "workspace": {"size": "1Gi"},
                 "network": {"exposedPorts": ["http"]},
             },
             "idleTimeout": IDLE_TIMEOUT,
-            "hibernation": "filesystem",
+            "hibernation": "memory" if real else "filesystem",
         },
     }
+
+
+def session_sandbox(handle: cluster_module.Cluster) -> dict[str, Any]:
+    out = handle.kubectl("get", "sandbox", NAME, "-n", NAMESPACE, "-o", "json", check=False)
+    found: dict[str, Any] = json.loads(out.stdout) if out.returncode == 0 else {}
+    return found
 
 
 def request(url: str, token: str, timeout: float = 60) -> tuple[int, dict[str, Any], float]:
@@ -78,21 +117,34 @@ def request(url: str, token: str, timeout: float = 60) -> tuple[int, dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
-    step("starting the local cluster")
-    handle = cluster_module.up()
+    problem = real_node_problem()
+    real = problem is None
+    as_root = real and not realnode.has_capability(CAP_SYS_RESOURCE)
+    step("starting the local cluster" + (" with this machine as a real node" if real else ""))
+    if problem:
+        print(f"    no real node ({problem}): the session runs on simulated nodes")
+    handle = cluster_module.up(real_node=real)
     print(f'    API server {handle.server}  (eval "$(.venv/bin/kocoon dev env)" for kubectl)')
 
-    step("installing the CRDs and starting the agent, operator, router and workloads")
+    step("installing the CRDs and starting the agent, operator and router")
     stack.install_crds(handle)
     agent = stack.start_agent(handle)
-    stack.start_operator(handle, env=agent)
+    operator_env = dict(agent)
+    if as_root:
+        print(
+            "    root here lacks CAP_SYS_RESOURCE, so CRIU can only checkpoint processes running"
+            " as root: the session runs as root, with pod hardening off"
+        )
+        operator_env["KOCOON_POD_HARDENING"] = "false"
+    stack.start_operator(handle, env=operator_env)
     _, router = stack.start_router(handle)
-    stack.start_workloads(handle)
+    if not real:
+        stack.start_workloads(handle)
     print(f"    router at {router}; logs in {handle.log_path('kocoon-operator').parent}")
 
+    mode = "memory" if real else "filesystem"
     step(
-        f"creating AgentSession {NAMESPACE}/{NAME}"
-        f" (idleTimeout {IDLE_TIMEOUT}, filesystem hibernation)"
+        f"creating AgentSession {NAMESPACE}/{NAME} (idleTimeout {IDLE_TIMEOUT}, {mode} hibernation)"
     )
     # A fresh start: what an earlier run left in the namespace goes first.
     handle.kubectl(
@@ -104,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "the Sandbox to be accepted",
         lambda: (
             handle.kubectl(
-                "apply", "-f", "-", input=json.dumps(session_manifest()), check=False
+                "apply", "-f", "-", input=json.dumps(session_manifest(real, as_root)), check=False
             ).returncode
             == 0
         ),
@@ -133,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
 
     step(f"two requests through the router: GET {url}")
     for _ in range(2):
-        status, body, seconds = wait(
+        status, before, seconds = wait(
             "an answer", lambda: (r := request(url, token))[0] == 200 and r
         )
-        print(f"    {status} in {seconds * 1000:.0f} ms: {body}")
+        print(f"    {status} in {seconds * 1000:.0f} ms: {before}")
     print(f"    without the token: {request(url, 'wrong')[0]}")
 
     step(f"waiting for the session to go idle ({IDLE_TIMEOUT}) and hibernate")
@@ -144,9 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     gone = handle.kubectl("get", "pod", NAME, "-n", NAMESPACE, check=False).returncode != 0
     print(f"    Hibernated; pod deleted: {gone}; workspace kept")
 
+    checkpoint = session_sandbox(handle).get("status", {}).get("checkpoint")
+    if checkpoint:
+        print(f"    memory checkpoint {checkpoint['id']} on {checkpoint['node']}")
     step("a request through the router wakes it")
     status, body, seconds = request(url, token, timeout=120)
     print(f"    {status} after {seconds:.2f} s (held while waking): {body}")
+    if real and status == 200 and before.get("token") == body.get("token"):
+        print(f"    the same process answered: count {before['count']} → {body['count']}")
     usage = session()["status"].get("usage", {})
     print(f"    usage: {json.dumps(usage)}")
     events = handle.kubectl(
