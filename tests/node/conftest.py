@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from nodekit import run_pod
+from sandboxkit import NAME, Stack
+from tests.conftest import install_crds, start_operator, stop_operator
 
-from kocoon.devcluster import Cluster, binaries, images, realnode, up
+from kocoon.devcluster import Cluster, binaries, images, realnode, stack, up
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +44,35 @@ def counter_pod(real_node: Cluster) -> Iterator[dict[str, Any]]:
         yield pod
     finally:
         real_node.kubectl("delete", "pod", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def running_stack(real_node: Cluster, tmp_path: Path) -> Iterator[Stack]:
+    """Agent, operator and router on the cluster with its real node, as `make dev` runs
+    them, and a namespace for the test's Sandbox."""
+    install_crds(real_node)
+    agent_env = stack.start_agent(real_node)
+    operator = start_operator(real_node, tmp_path, env=agent_env)
+    _, router = stack.start_router(real_node)
+    namespace = f"node-hibernate-{time.monotonic_ns() % 10**6}"
+    real_node.kubectl("create", "namespace", namespace)
+    node = realnode.layout(real_node.state)
+    running = Stack(
+        real_node,
+        router,
+        Path(real_node.state.directory) / "agent" / "state",
+        node.runc_root / "kocoon-restored",
+        namespace,
+        operator,
+        agent_env,
+    )
+    try:
+        yield running
+    finally:
+        running.kubectl("delete", "sandbox", NAME, "--ignore-not-found", "--timeout=60s")
+        real_node.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        stop_operator(operator)
+        stack.stop_process(real_node, "kocoon-router")
+        stack.stop_process(real_node, "kocoon-agent")
+        errors = [line for line in operator.output().splitlines() if '"level": "error"' in line]
+        assert not errors, "\n".join(errors[:10])

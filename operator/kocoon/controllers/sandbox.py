@@ -233,6 +233,7 @@ async def _restore(
     try:
         if view.restored != checkpoint.id:  # else: restored before an operator restart
             await ctx.checkpointer.restore(_target(owner, pod, view), checkpoint)
+            failpoints.hit("restore:before-mark")
             if view.held:
                 # Recorded before the checkpoint is released: from here on the pod runs the
                 # workload, and a restart must not take it for an empty placeholder.
@@ -243,6 +244,7 @@ async def _restore(
                     pod_name,
                     {"metadata": {"annotations": {names.RESTORED_ANNOTATION: checkpoint.id}}},
                 )
+        failpoints.hit("restore:before-release")
         reason, ok = Reason.CHECKPOINT_STORED, True
         message = f"memory restored from checkpoint {checkpoint.id}"
     except (CheckpointUnavailable, CheckpointFailed) as error:
