@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from tests.conftest import OperatorProcess
 
-from kocoon.devcluster import Cluster, images, realnode
+from kocoon.devcluster import Cluster, realnode
 
 T = TypeVar("T")
 NAME = "counter"
@@ -53,23 +53,13 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90) -> T
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-# CRIU reads a process's resource limits (prlimit), which needs the checkpointed process to run
-# as CRIU's own user or CRIU to hold CAP_SYS_RESOURCE. Root on a normal node has it; where root
-# lacks it (some VMs), only a sandbox running as root can be checkpointed with its memory.
-CAP_SYS_RESOURCE = 24
-ROOT_IS_ENOUGH = realnode.has_capability(CAP_SYS_RESOURCE)
+# Where CRIU can only checkpoint processes of its own user (see realnode.criu_needs_root), the
+# memory tests run their sandbox as root.
+ROOT_IS_ENOUGH = not realnode.criu_needs_root()
 
 
 def sandbox_manifest(namespace: str, *, as_root: bool = not ROOT_IS_ENOUGH) -> dict[str, Any]:
-    template: dict[str, Any] = {
-        "image": images.reference(images.PYTHON),
-        "imagePullPolicy": "Never",
-        "ports": [{"name": "http", "containerPort": images.COUNTER_PORT}],
-        "nodeSelector": {realnode.REAL_NODE_LABEL: "true"},
-        "tolerations": [{**realnode.REAL_NODE_TAINT, "operator": "Equal"}],
-    }
-    if as_root:
-        template["securityContext"] = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
+    template = realnode.counter_sandbox_template(as_root=as_root)
     return {
         "apiVersion": "kocoon.io/v1alpha1",
         "kind": "Sandbox",

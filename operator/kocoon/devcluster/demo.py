@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from kocoon.devcluster import binaries, images, realnode, stack
+from kocoon.devcluster import binaries, realnode, stack
 from kocoon.devcluster import cluster as cluster_module
 
 NAMESPACE = "demo"
@@ -44,12 +44,6 @@ def wait(what: str, probe: Callable[[], Any], timeout: float = 90) -> Any:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-# CRIU reads a process's resource limits, which takes CAP_SYS_RESOURCE unless the process runs
-# as CRIU's own user. Root on a normal node has it; where it lacks it, the session runs as root
-# (pod hardening off) so its memory can still be checkpointed.
-CAP_SYS_RESOURCE = 24
-
-
 def real_node_problem() -> str | None:
     """Why this machine cannot be the demo's real node; None when it can."""
     if os.environ.get("KOCOON_DEV_REAL_NODE") == "0":
@@ -68,16 +62,8 @@ def session_manifest(real: bool, as_root: bool) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": 8080}],
     }
     if real:
-        # The in-memory counter (kocoon-counter), from an image built on this machine.
-        template = {
-            "image": images.reference(images.PYTHON),
-            "imagePullPolicy": "Never",
-            "ports": [{"name": "http", "containerPort": images.COUNTER_PORT}],
-            "nodeSelector": {realnode.REAL_NODE_LABEL: "true"},
-            "tolerations": [{**realnode.REAL_NODE_TAINT, "operator": "Equal"}],
-        }
-        if as_root:
-            template["securityContext"] = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
+        # The in-memory counter, from an image built on this machine.
+        template = realnode.counter_sandbox_template(as_root=as_root)
     return {
         "apiVersion": "kocoon.io/v1alpha1",
         "kind": "AgentSession",
@@ -119,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     problem = real_node_problem()
     real = problem is None
-    as_root = real and not realnode.has_capability(CAP_SYS_RESOURCE)
+    # Where CRIU can only checkpoint root's processes, the session runs as root (pod hardening
+    # off) so that its memory can still be checkpointed.
+    as_root = real and realnode.criu_needs_root()
     step("starting the local cluster" + (" with this machine as a real node" if real else ""))
     if problem:
         print(f"    no real node ({problem}): the session runs on simulated nodes")

@@ -297,6 +297,31 @@ def kubeconfig(server: str, ca: pki.KeyPair, identity: pki.KeyPair, user: str) -
     )
 
 
+# CRIU reads a process's resource limits (prlimit), which needs CAP_SYS_RESOURCE unless the
+# process runs as CRIU's own user. Root on a normal node has it; some VMs drop it from the
+# bounding set, and there only processes running as root can be checkpointed.
+ROOT_SECURITY_CONTEXT = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
+
+
+def criu_needs_root() -> bool:
+    """Whether only processes running as root can be checkpointed on this machine."""
+    return not has_capability(CAP_SYS_RESOURCE)
+
+
+def counter_sandbox_template(*, as_root: bool) -> dict[str, Any]:
+    """A Sandbox template running the in-memory counter (kocoon-counter) on the real node."""
+    template: dict[str, Any] = {
+        "image": images.reference(images.PYTHON),
+        "imagePullPolicy": "Never",
+        "ports": [{"name": "http", "containerPort": images.COUNTER_PORT}],
+        "nodeSelector": {REAL_NODE_LABEL: "true"},
+        "tolerations": [{**REAL_NODE_TAINT, "operator": "Equal"}],
+    }
+    if as_root:
+        template["securityContext"] = dict(ROOT_SECURITY_CONTEXT)
+    return template
+
+
 def pod_manifest(
     name: str,
     image: str,
