@@ -57,6 +57,9 @@ def test_sandbox_hibernates_with_memory_and_wakes_on_a_request(running_stack: St
         )
         assert checkpoint["driver"] == "containerd", checkpoint
         assert checkpoint["node"] == realnode.NODE_NAME
+        # Compatibility recorded, and checked again before the restore.
+        assert "sha256:" in checkpoint["compatibility"]["imageDigest"]
+        assert checkpoint["compatibility"]["criuVersion"]
         assert stored_checkpoints(running.agent_state) == [checkpoint["id"]]
         assert not running.kubectl("get", "pods", "-o", "name")
 

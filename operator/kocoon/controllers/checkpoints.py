@@ -54,6 +54,8 @@ class Target:
     pod_ip: str | None
     pod_uid: str | None = None
     container: str | None = None
+    # Recorded with the checkpoint and compared before a restore: memory only fits its image.
+    image_digest: str | None = None
 
 
 class Checkpointer(Protocol):
@@ -233,6 +235,7 @@ class AgentCheckpointer:
             pod_uid=target.pod_uid,
             container=target.container,
             id=checkpoint_id,
+            image_digest=target.image_digest,
         )
         data = await self._call(
             target.node,
@@ -247,7 +250,11 @@ class AgentCheckpointer:
         if checkpoint.driver in RESTORES_INTO_POD:
             # Restored where the wake pod runs: normally the checkpoint's node; elsewhere the
             # agent there fetches the checkpoint from the bucket, if one is configured.
-            request = RestoreRequest(pod_uid=target.pod_uid, container=target.container)
+            request = RestoreRequest(
+                pod_uid=target.pod_uid,
+                container=target.container,
+                image_digest=target.image_digest,
+            )
             node = target.node or checkpoint.node
         else:
             request = RestoreRequest(container_id=target.container_id)

@@ -62,6 +62,14 @@ def activity(lease: dict[str, Any] | None) -> Activity:
     )
 
 
+def image_digest(pod: dict[str, Any] | None) -> str | None:
+    """The image the sandbox container runs, by digest, as the runtime reports it."""
+    for status in (pod or {}).get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == names.CONTAINER_NAME and status.get("imageID"):
+            return str(status["imageID"])
+    return None
+
+
 def container_id(pod: dict[str, Any] | None) -> str | None:
     """The runtime's id of the sandbox container (without the `containerd://` scheme)."""
     if pod is None:

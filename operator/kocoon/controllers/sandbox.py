@@ -165,6 +165,7 @@ def _target(owner: Identity, pod: dict[str, Any], view: lifecycle.PodView) -> Ta
         pod_ip=view.ip,
         pod_uid=view.uid,
         container=names.CONTAINER_NAME,
+        image_digest=observe.image_digest(pod),
     )
 
 
