@@ -2,7 +2,7 @@
 # Prepares the optional real node of the local cluster (`kocoon dev up --real-node`):
 #   - containerd 2.x, its runc shim and ctr, built from the Go module in binaries/containerd
 #     and cached like the other pinned binaries;
-#   - runc, the CNI plugins, iptables, busybox and debootstrap from Debian's packages;
+#   - runc, crun, the CNI plugins, iptables, busybox and debootstrap from Debian's packages;
 #   - CRIU from setup/criu.sh (4.2.1: 4.1 cannot checkpoint TCP sockets on kernels from 6.16).
 # The container images themselves are built by `kocoon dev images` (cached by content).
 # Only the node tier needs this; `make test` without the node tier never runs it.
@@ -24,10 +24,10 @@ source "$root/setup/lib.sh"
 [[ $(id -u) -eq 0 ]] || die "run as root: apt-get, the kubelet and containerd need it"
 command -v go >/dev/null || die "Go is required (go 1.26.6 or newer) to build containerd"
 
-# runc drives containers and CRIU; containernetworking-plugins gives bridge, host-local and
+# runc drives containers and CRIU (crun too where it is built with CRIU; the agent checks); containernetworking-plugins gives bridge, host-local and
 # loopback; iptables is needed by the bridge plugin's masquerade rules and by CRIU's network
 # lock; busybox-static and debootstrap build the root filesystems of the local images.
-PACKAGES=(runc containernetworking-plugins iptables busybox-static debootstrap)
+PACKAGES=(runc crun containernetworking-plugins iptables busybox-static debootstrap)
 
 
 

@@ -33,7 +33,7 @@ from kocoon.agent.drivers.kubelet import (
     KubeletDriver,
 )
 from kocoon.agent.drivers.process import ProcessDriver
-from kocoon.agent.drivers.runc import DEFAULT_RUNC_ROOT, RuncDriver
+from kocoon.agent.drivers.runc import DEFAULT_CRUN_ROOT, DEFAULT_RUNC_ROOT, CrunDriver, RuncDriver
 from kocoon.agent.drivers.vmsnapshot import VmSnapshotDriver
 from kocoon.agent.keys import FileKeyProvider, KeyProvider, SecretKeyProvider
 from kocoon.agent.service import CheckpointService, ServiceConfig
@@ -100,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
         default=KEY_PROVIDER_FILE,
     )
     p.add_argument("--runc-root", type=Path, default=DEFAULT_RUNC_ROOT)
+    p.add_argument("--crun-root", type=Path, default=DEFAULT_CRUN_ROOT)
     p.add_argument(
         "--cri-runc-root",
         type=Path,
@@ -133,6 +134,7 @@ def build_drivers(args: argparse.Namespace, criu: CriuTool) -> dict[str, Driver]
     )
     drivers: list[Driver] = [
         RuncDriver(criu, root=args.runc_root),
+        CrunDriver(criu, root=args.crun_root),
         ContainerdDriver(
             criu,
             cri_root=args.cri_runc_root,

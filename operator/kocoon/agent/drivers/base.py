@@ -10,6 +10,7 @@ from kocoon.agent.models import SandboxRef, ScalarDetail
 
 # Driver names: the values of `driver` in API requests and checkpoint records.
 DRIVER_RUNC = "runc"
+DRIVER_CRUN = "crun"
 DRIVER_CONTAINERD = "containerd"
 DRIVER_PROCESS = "process"
 DRIVER_KUBELET = "kubelet"

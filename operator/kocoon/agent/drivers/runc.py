@@ -7,6 +7,7 @@ from typing import Any
 
 from kocoon.agent import proc
 from kocoon.agent.drivers.base import (
+    DRIVER_CRUN,
     DRIVER_RUNC,
     Availability,
     Available,
@@ -32,26 +33,30 @@ TARGET_BUNDLE = "bundle"
 
 
 class RuncDriver:
+    name = DRIVER_RUNC
+
     def __init__(
         self, criu: CriuTool, *, runc: str = "runc", root: Path = DEFAULT_RUNC_ROOT
     ) -> None:
         self._criu = criu
         self._tool = RuncTool(criu, runc=runc, root=root)
 
-    @property
-    def name(self) -> str:
-        return DRIVER_RUNC
-
     async def probe(self) -> Availability:
         if self._tool.binary() is None:
             return Unsupported(f"no {self._tool.runc} binary on PATH")
+        missing = await self._missing_features()
+        if missing:
+            return Unsupported(missing)
         criu = await self._criu.availability()
         if isinstance(criu, Unsupported):
             return criu
-        return Available(f"runc {await self._tool.version()}, {criu.detail}")
+        return Available(f"{self._tool.runc} {await self._tool.version()}, {criu.detail}")
+
+    async def _missing_features(self) -> str | None:
+        return None
 
     async def runtime_identity(self) -> tuple[str | None, str | None]:
-        return RUNTIME_NAME, await self._tool.version()
+        return self.name, await self._tool.version()
 
     async def state(self, container_id: str) -> dict[str, Any] | None:
         try:
@@ -80,7 +85,7 @@ class RuncDriver:
                 f"{proc.log_tail(work_dir / DUMP_LOG)}"
             )
         return Dumped(
-            runtime=RUNTIME_NAME,
+            runtime=self.name,
             runtime_version=await self._tool.version(),
             criu_version=await self._criu.version(),
             target={TARGET_CONTAINER_ID: cid, TARGET_BUNDLE: str(state.get("bundle", ""))},
@@ -113,4 +118,27 @@ class RuncDriver:
             pid=pid if isinstance(pid, int) else None,
             container_id=cid,
             message=f"restored container {cid} ({state.get('status') if state else 'unknown'})",
+        )
+
+
+DEFAULT_CRUN_ROOT = Path("/run/crun")
+
+
+class CrunDriver(RuncDriver):
+    """The same checkpoint and restore through crun, which has runc's command line; crun
+    checkpoints only when built with CRIU (`+CRIU` among its features)."""
+
+    name = DRIVER_CRUN
+
+    def __init__(self, criu: CriuTool, *, root: Path = DEFAULT_CRUN_ROOT) -> None:
+        super().__init__(criu, runc="crun", root=root)
+
+    async def _missing_features(self) -> str | None:
+        features = await self._tool.features()
+        if "CRIU" in features:
+            return None
+        return (
+            f"crun {await self._tool.version()} is built without CRIU (features: "
+            f"{' '.join(sorted('+' + f for f in features))}): use a crun built with CRIU, "
+            "or the runc driver"
         )

@@ -30,13 +30,20 @@ class RuncTool:
     def binary(self) -> Path | None:
         return proc.which(self.runc)
 
-    async def version(self) -> str | None:
+    async def _version_output(self) -> str:
         binary = self.binary()
         if binary is None:
-            return None
-        result = await proc.run([str(binary), "--version"], time_limit=30)
-        match = re.search(r"runc version\s+(\S+)", result.stdout)
+            return ""
+        return (await proc.run([str(binary), "--version"], time_limit=30)).stdout
+
+    async def version(self) -> str | None:
+        name = re.escape(Path(self.runc).name)
+        match = re.search(rf"{name} version\s+(\S+)", await self._version_output())
         return match.group(1) if match else None
+
+    async def features(self) -> set[str]:
+        """Build features the runtime lists in its version output (crun: `+CRIU`, ...)."""
+        return set(re.findall(r"\+([A-Z0-9_]+)", await self._version_output()))
 
     async def run(
         self, *args: str, log: Path | None = None, output: tuple[int, int] | None = None
