@@ -24,9 +24,10 @@ source "$root/setup/lib.sh"
 [[ $(id -u) -eq 0 ]] || die "run as root: apt-get, the kubelet and containerd need it"
 command -v go >/dev/null || die "Go is required (go 1.26.6 or newer) to build containerd"
 
-# runc drives containers and CRIU (crun too where it is built with CRIU; the agent checks); containernetworking-plugins gives bridge, host-local and
-# loopback; iptables is needed by the bridge plugin's masquerade rules and by CRIU's network
-# lock; busybox-static and debootstrap build the root filesystems of the local images.
+# runc drives containers and CRIU (crun too, where built with CRIU: the agent checks);
+# containernetworking-plugins gives bridge, host-local and loopback; iptables is needed by
+# the bridge plugin's masquerade rules and by CRIU's network lock; busybox-static and
+# debootstrap build the root filesystems of the local images.
 PACKAGES=(runc crun containernetworking-plugins iptables busybox-static debootstrap)
 
 
