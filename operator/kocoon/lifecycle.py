@@ -57,6 +57,17 @@ class Activity:
     last_request: datetime | None = None
     in_flight: int = 0
     wake_requested_at: datetime | None = None
+    # The router renews the Lease while requests are in flight; a count it stopped renewing
+    # (the router died mid-request) is stale after this moment and no longer keeps it awake.
+    in_flight_valid_until: datetime | None = None
+
+
+def requests_in_flight(observed: Observed) -> bool:
+    activity = observed.activity
+    if activity.in_flight <= 0:
+        return False
+    until = activity.in_flight_valid_until
+    return until is None or observed.now <= until
 
 
 @dataclass(frozen=True)
@@ -124,7 +135,7 @@ def is_active(observed: Observed) -> bool:
     """Whether the sandbox is in use now (for metering): a request in flight, or one seen within
     the active window, which is never longer than the idle timeout."""
     activity = observed.activity
-    if activity.in_flight > 0:
+    if requests_in_flight(observed):
         return True
     window = ACTIVE_WINDOW
     if observed.spec.idle_timeout is not None:
@@ -153,7 +164,7 @@ def wants_asleep(observed: Observed) -> tuple[bool, Reason | None]:
     if spec.operating_mode == "Running":
         return False, None
     deadline = idle_deadline(observed)
-    if deadline is None or observed.activity.in_flight > 0:
+    if deadline is None or requests_in_flight(observed):
         return False, None
     return observed.now >= deadline, Reason.IDLE_TIMEOUT
 

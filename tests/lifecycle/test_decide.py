@@ -334,3 +334,31 @@ def test_a_placeholder_is_never_checkpointed() -> None:
     restored = running_pod(uid="pod-uid-2", restore_from="s1-abc", held=True, restored="s1-abc")
     again = lifecycle.decide(observed(SandboxPhase.HIBERNATING, restored, hibernation="memory"))
     assert again.actions == (Action.CHECKPOINT,)
+
+
+def test_an_in_flight_count_the_router_stopped_renewing_does_not_keep_it_awake() -> None:
+    idle = NOW - timedelta(minutes=30)
+    fresh = Activity(
+        last_request=idle, in_flight=1, in_flight_valid_until=NOW + timedelta(seconds=5)
+    )
+    stale = Activity(
+        last_request=idle, in_flight=1, in_flight_valid_until=NOW - timedelta(seconds=1)
+    )
+    running = running_pod()
+    kept = lifecycle.decide(observed(SandboxPhase.RUNNING, running, fresh, idle_timeout="10m"))
+    assert kept.phase is SandboxPhase.RUNNING
+    slept = lifecycle.decide(observed(SandboxPhase.RUNNING, running, stale, idle_timeout="10m"))
+    assert slept.phase is SandboxPhase.HIBERNATING
+
+
+def test_an_in_flight_count_is_valid_for_ten_lease_durations_and_at_least_a_minute() -> None:
+    from kocoon.controllers import observe
+
+    def lease(seconds: int) -> dict[str, Any]:
+        return {
+            "metadata": {"annotations": {"kocoon.io/in-flight": "2"}},
+            "spec": {"renewTime": "2026-11-23T12:00:00.000000Z", "leaseDurationSeconds": seconds},
+        }
+
+    assert observe.activity(lease(3)).in_flight_valid_until == NOW + timedelta(seconds=60)
+    assert observe.activity(lease(15)).in_flight_valid_until == NOW + timedelta(seconds=150)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kocoon.builders import names
 from kocoon.lifecycle import Activity, PodView
 
+STALE_IN_FLIGHT_SECONDS = 60
+STALE_IN_FLIGHT_LEASES = 10
 # Set by the operator on a pod whose memory checkpoint failed (value: the reason).
 CHECKPOINT_FAILED_ANNOTATION = "kocoon.io/checkpoint-failed"
 
@@ -54,11 +56,21 @@ def activity(lease: dict[str, Any] | None) -> Activity:
     except ValueError:
         in_flight = 0
     last = parse_time(annotations.get(names.LAST_REQUEST_ANNOTATION))
-    renew = parse_time(lease.get("spec", {}).get("renewTime"))
+    spec = lease.get("spec", {})
+    renew = parse_time(spec.get("renewTime"))
+    valid_until = None
+    if renew is not None and in_flight > 0:
+        # Several missed renewals, and at least a minute: a slow router is not a dead one.
+        seconds = max(
+            STALE_IN_FLIGHT_SECONDS,
+            STALE_IN_FLIGHT_LEASES * int(spec.get("leaseDurationSeconds") or 0),
+        )
+        valid_until = renew + timedelta(seconds=seconds)
     return Activity(
         last_request=last or renew,
         in_flight=in_flight,
         wake_requested_at=parse_time(annotations.get(names.WAKE_REQUESTED_ANNOTATION)),
+        in_flight_valid_until=valid_until,
     )
 
 
