@@ -98,12 +98,6 @@ class OperatorConfig(BaseModel):
             )
         return self
 
-    def default_runtime_class_for(self, with_gpu: bool) -> str:
-        """The runtime class an object gets when it names none."""
-        if with_gpu and self.default_gpu_runtime_class is not None:
-            return self.default_gpu_runtime_class
-        return self.default_runtime_class
-
     def can_checkpoint_memory(self, runtime_class: str) -> bool:
         """Whether pods of this runtime class can hibernate with their memory."""
         return (

@@ -42,6 +42,15 @@ def test_runtime_class_from_spec_wins_over_the_default() -> None:
     )
 
 
+def test_a_gpu_pod_without_a_runtime_class_gets_the_gpu_default() -> None:
+    settings = BuildSettings(default_runtime_class="kata", default_gpu_runtime_class="kata-gpu")
+    gpu_pod = pod.pod(OWNER, spec(gpu={"mode": "wholeGPU"}), settings)
+    assert gpu_pod["spec"]["runtimeClassName"] == "kata-gpu"
+    assert pod.pod(OWNER, spec(), settings)["spec"]["runtimeClassName"] == "kata"
+    named = pod.pod(OWNER, spec(gpu={"mode": "wholeGPU"}, runtimeClassName="runc"), settings)
+    assert named["spec"]["runtimeClassName"] == "runc"
+
+
 @pytest.mark.parametrize(
     ("slice_", "expected"),
     [

@@ -40,6 +40,8 @@ class BuildSettings:
     """The operator configuration the builders read."""
 
     default_runtime_class: str = "kata"
+    # For pods with a GPU that name no runtime class; default_runtime_class when None.
+    default_gpu_runtime_class: str | None = "kata-qemu-nvidia-gpu"
     cluster_domain: str = "cluster.local"
     # Pods allowed to reach sandboxes: the router's, in the operator's release namespace.
     router_namespace: str = "kocoon-system"

@@ -7,10 +7,11 @@ from typing import Any
 from kocoon.api.sandbox import SandboxSpec
 from kocoon.builders import gpu, names
 from kocoon.builders.context import BuildSettings, Identity
+from kocoon.defaults import runtime_class_for
 
 
 def runtime_class(spec: SandboxSpec, settings: BuildSettings) -> str:
-    return spec.runtime_class_name or settings.default_runtime_class
+    return runtime_class_for(spec.runtime_class_name, spec.gpu is not None, settings)
 
 
 def _container(spec: SandboxSpec, settings: BuildSettings, hold: bool) -> dict[str, Any]:

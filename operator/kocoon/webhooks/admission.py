@@ -10,6 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from kocoon import defaults
 from kocoon.api.common import GpuSlice
 from kocoon.api.model import ModelDeploymentSpec
 from kocoon.api.sandbox import Hibernation, SandboxSpec, SecurityContext
@@ -36,7 +37,7 @@ class ClusterFacts:
 def effective_runtime_class(
     runtime_class_name: str | None, gpu: GpuSlice | None, config: OperatorConfig
 ) -> str:
-    return runtime_class_name or config.default_runtime_class_for(with_gpu=gpu is not None)
+    return defaults.runtime_class_for(runtime_class_name, gpu is not None, config)
 
 
 def runtime_class_problems(
@@ -93,25 +94,21 @@ def memory_checkpoint_problems(
 ) -> list[str]:
     """Why a memory checkpoint of this pod cannot work, if it cannot."""
     problems = []
-    if not config.can_checkpoint_memory(runtime_class):
+    if not defaults.runtime_can_checkpoint_memory(runtime_class, config):
         problems.append(
             f"{field}: {what} inside runtime class {runtime_class!r} needs a VM-snapshot driver"
             " and none is configured for it (vmSnapshotRuntimeClasses); use filesystem"
             f" hibernation or a runtime class that can checkpoint memory"
             f" ({config.memory_checkpoint_runtime_classes})"
         )
-    if gpu is not None:
-        whole_gpu_ok = (
-            gpu.mode == "wholeGPU" and runtime_class in config.gpu_memory_checkpoint_runtime_classes
+    if gpu is not None and not defaults.gpu_can_checkpoint_memory(runtime_class, gpu, config):
+        problems.append(
+            f"{field}: {what} with a GPU (mode {gpu.mode}) cannot work: GPU memory can be"
+            " checkpointed only for whole GPUs under the runtime classes in"
+            " gpuMemoryCheckpointRuntimeClasses"
+            f" ({config.gpu_memory_checkpoint_runtime_classes});"
+            " use filesystem hibernation"
         )
-        if not whole_gpu_ok:
-            problems.append(
-                f"{field}: {what} with a GPU (mode {gpu.mode}) cannot work: GPU memory can be"
-                " checkpointed only for whole GPUs under the runtime classes in"
-                " gpuMemoryCheckpointRuntimeClasses"
-                f" ({config.gpu_memory_checkpoint_runtime_classes});"
-                " use filesystem hibernation"
-            )
     return problems
 
 
@@ -215,15 +212,6 @@ def validate_model(
 # --- defaults -------------------------------------------------------------------------------
 
 
-def default_hibernation(
-    runtime_class: str, gpu: GpuSlice | None, has_workspace: bool, config: OperatorConfig
-) -> Hibernation:
-    """Memory where it can work, else filesystem where there is a workspace to keep, else none."""
-    if not memory_checkpoint_problems(runtime_class, gpu, "", "", config):
-        return "memory"
-    return "filesystem" if has_workspace else "none"
-
-
 def sandbox_spec_defaults(
     spec: dict[str, Any],
     old_spec: dict[str, Any] | None,
@@ -242,7 +230,9 @@ def sandbox_spec_defaults(
         patch["runtimeClassName"] = runtime_class
     if "hibernation" not in spec and session_hibernation is None:
         has_workspace = isinstance(spec.get("workspace"), dict)
-        patch["hibernation"] = default_hibernation(runtime_class, gpu, has_workspace, config)
+        patch["hibernation"] = defaults.default_hibernation(
+            runtime_class, gpu, has_workspace, config
+        )
     template = spec.get("template")
     if config.pod_hardening and isinstance(template, dict):
         security = template.get("securityContext", {})
@@ -262,7 +252,7 @@ def _runtime_class_default(
         value = source.get("runtimeClassName")
         if isinstance(value, str) and value:
             return value
-    return config.default_runtime_class_for(with_gpu="gpu" in spec)
+    return defaults.runtime_class_for(None, "gpu" in spec, config)
 
 
 def _gpu_or_none(raw: Any) -> GpuSlice | None:
