@@ -153,7 +153,7 @@ class CheckpointService:
             raise Busy(f"sandbox {request.sandbox} has a checkpoint or restore in progress")
         async with lock:
             if request.id is not None:
-                existing = self._existing(request.id, request.sandbox)
+                existing = await self._existing(request.id, request.sandbox)
                 if existing is not None:
                     return existing
             started = time.perf_counter()
@@ -224,7 +224,7 @@ class CheckpointService:
                 )
                 self.store.commit(record)
             finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+                await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
             total = time.perf_counter() - started
             metrics.CHECKPOINT_DURATION.labels(driver.name).observe(total)
             metrics.ARCHIVE_BYTES.labels(driver.name).observe(info.size_bytes)
@@ -242,14 +242,16 @@ class CheckpointService:
             )
             return record
 
-    def _existing(self, checkpoint_id: str, sandbox: SandboxRef) -> CheckpointRecord | None:
+    async def _existing(self, checkpoint_id: str, sandbox: SandboxRef) -> CheckpointRecord | None:
         """The stored checkpoint with this id, if any; an id of another sandbox is refused."""
         try:
             record = self.store.get(checkpoint_id)
         except NotFound:
             # Leftovers of an interrupted attempt with this id: start it over cleanly.
             self.store.abort(checkpoint_id)
-            shutil.rmtree(self.config.scratch_dir / checkpoint_id, ignore_errors=True)
+            await asyncio.to_thread(
+                shutil.rmtree, self.config.scratch_dir / checkpoint_id, ignore_errors=True
+            )
             return None
         if record.sandbox != sandbox:
             raise InvalidRequest(f"id: checkpoint {checkpoint_id} belongs to {record.sandbox}")
@@ -345,7 +347,7 @@ class CheckpointService:
                 restore_seconds = time.perf_counter() - restore_started
                 metrics.PHASE_DURATION.labels(metrics.PHASE_RESTORE).observe(restore_seconds)
             finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+                await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
             total = time.perf_counter() - started
             metrics.RESTORE_DURATION.labels(driver.name).observe(total)
             metrics.BYTES_TOTAL.labels(metrics.OPERATION_RESTORE).inc(record.size_bytes)

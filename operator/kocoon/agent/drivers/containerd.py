@@ -15,6 +15,7 @@ it (`reap`). A pod hibernated again after a wake checkpoints the restored contai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -172,7 +173,8 @@ class ContainerdDriver:
             raise CheckpointFailed(
                 f"the root filesystem of {entry.id} is not an overlay; its changes cannot be kept"
             )
-        diff = rootfsdiff.capture(upperdir, image_dir)
+        # A tar of the container's changes, possibly large: off the event loop.
+        diff = await asyncio.to_thread(rootfsdiff.capture, upperdir, image_dir)
         if tool is self._restored:
             await tool.remove(entry.id)
             self._forget_bundle(entry.id)
@@ -204,7 +206,7 @@ class ContainerdDriver:
         if podspec.restored_container(await self._listing(self._restored), uid, name):
             raise RestoreFailed(f"pod {uid} already has a restored container {container_id}")
         held_spec: dict[str, Any] = json.loads((held.bundle / "config.json").read_text())
-        rootfsdiff.apply(held.rootfs, image_dir)
+        await asyncio.to_thread(rootfsdiff.apply, held.rootfs, image_dir)
         bundle = self._bundles / container_id
         bundle.mkdir(parents=True, exist_ok=True)
         criu_options = bundle / "criu.conf"

@@ -139,7 +139,7 @@ class KubeletDriver:
             raise CheckpointFailed(
                 f"kubelet wrote {produced}, outside the mounted {cfg.checkpoint_dir}"
             )
-        shutil.move(produced, image_dir / ARCHIVE_NAME)
+        await asyncio.to_thread(shutil.move, produced, image_dir / ARCHIVE_NAME)
         return Dumped(
             runtime=DRIVER_KUBELET,
             target={TARGET_POD: target.pod, TARGET_CONTAINER: target.container},
