@@ -64,3 +64,84 @@ async def report_invalid(
         subresource="status",
     )
     await events.post(ctx.api, body, events.WARNING, Reason.RECONCILER_ERROR, message)
+
+
+# --- errors at the reconcile boundary ---------------------------------------------------------
+
+
+def error_message(error: Exception) -> str:
+    """What an error says in status: the API server's own message when it has one."""
+    if isinstance(error, client.ApiError):
+        return f"{error.status}: {error.message}"
+    return str(error) or type(error).__name__
+
+
+def should_post_event(failures: int) -> bool:
+    """Rate limit for the Warning Event of a failing object: on the 1st, 2nd, 4th, 8th…
+    consecutive failure, so with the worker's doubling backoff, ever rarer."""
+    return failures > 0 and failures & (failures - 1) == 0
+
+
+def _ready_error(body: dict[str, Any], message: str, now: datetime) -> list[dict[str, Any]]:
+    """The object's conditions with Ready=False/ReconcilerError; the rest as they are."""
+    conditions = list((body.get("status") or {}).get("conditions") or [])
+    ready = next((c for c in conditions if c.get("type") == ConditionType.READY.value), None)
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    transition = (
+        ready.get("lastTransitionTime") if ready and ready.get("status") == "False" else None
+    )
+    updated = {
+        "type": ConditionType.READY.value,
+        "status": "False",
+        "reason": Reason.RECONCILER_ERROR.value,
+        "message": message,
+        "lastTransitionTime": transition or stamp,
+        "observedGeneration": body["metadata"].get("generation", 0),
+    }
+    others = [c for c in conditions if c.get("type") != ConditionType.READY.value]
+    return sorted([*others, updated], key=lambda c: str(c.get("type")))
+
+
+async def report_error(
+    ctx: OperatorContext,
+    kind: Kind,
+    body: dict[str, Any] | None,
+    error: Exception,
+    failures: int,
+) -> None:
+    """Say in the object's status why its reconcile failed (Ready=False, ReconcilerError, the
+    API's message) and post a rate-limited Warning Event. The status is written only when the
+    message changed, with the object's resourceVersion; a conflict is left to the next run."""
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    metadata = body["metadata"]
+    message = error_message(error)[:4096]
+    conditions = _ready_error(body, message, datetime.now(UTC))
+    if conditions != list((body.get("status") or {}).get("conditions") or []):
+        try:
+            await client.merge_patch(
+                ctx.api,
+                kind,
+                metadata["namespace"],
+                metadata["name"],
+                {"status": {"conditions": conditions}},
+                subresource="status",
+                resource_version=metadata.get("resourceVersion"),
+            )
+        except client.ApiError as write_error:
+            if write_error.status not in (404, 409):
+                raise
+    if should_post_event(failures):
+        suffix = f" (failed {failures} times in a row)" if failures > 1 else ""
+        await events.post(
+            ctx.api, body, events.WARNING, Reason.RECONCILER_ERROR, f"{message}{suffix}"
+        )
+
+
+def namespace_terminating(error: Exception) -> bool:
+    """A write refused because the object's namespace is being deleted: nothing to fix."""
+    return (
+        isinstance(error, client.ApiError)
+        and error.status == 403
+        and "being terminated" in str(error)
+    )

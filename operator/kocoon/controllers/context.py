@@ -1,11 +1,12 @@
 """What every controller shares in one operator process: the API client, configuration,
-the checkpoint client, and one lock per object so two triggers never reconcile it at once."""
+the checkpoint client, the watch-fed stores (one per kind) and the reconcilers (one per
+controller)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections import defaultdict
+import weakref
 from dataclasses import dataclass, field
 
 from kubernetes_asyncio import client as k8s
@@ -13,14 +14,21 @@ from kubernetes_asyncio import client as k8s
 from kocoon.builders.context import BuildSettings
 from kocoon.config import OperatorConfig, load_config
 from kocoon.controllers.checkpoints import Checkpointer
+from kocoon.controllers.reconciler import DEFAULT_RESYNC, Reconciler, Store
 
 RECONCILE_INTERVAL_ENV = "KOCOON_RECONCILE_INTERVAL"
+RESYNC_ENV = "KOCOON_RESYNC_SECONDS"
 RELEASE_NAMESPACE_ENV = "KOCOON_NAMESPACE"
 
 
 def reconcile_interval() -> float:
-    """Seconds between periodic reconciles (idle checks, usage metering)."""
+    """Seconds between periodic reconciles of controllers still on a kopf timer."""
     return float(os.environ.get(RECONCILE_INTERVAL_ENV, "10"))
+
+
+def resync_seconds() -> float:
+    """How long a worker sleeps when nothing is due and nothing happens (default 5 min)."""
+    return float(os.environ.get(RESYNC_ENV, str(DEFAULT_RESYNC)))
 
 
 @dataclass
@@ -29,15 +37,37 @@ class OperatorContext:
     config: OperatorConfig
     build: BuildSettings
     checkpointer: Checkpointer
-    _locks: defaultdict[tuple[str, str, str], asyncio.Lock] = field(
-        default_factory=lambda: defaultdict(asyncio.Lock)
+    # One watch-fed store per kind (by Kind.kind; children by their own kind, e.g. "Pod").
+    stores: dict[str, Store] = field(default_factory=dict)
+    # One reconciler per controller (by the Kind.kind it reconciles).
+    reconcilers: dict[str, Reconciler] = field(default_factory=dict)
+    # Locks for code not yet on a reconciler; weak, so an unused lock goes with its last user.
+    _locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
     )
 
+    def store(self, kind: str) -> Store:
+        """The store of `kind`, created empty on first use."""
+        found = self.stores.get(kind)
+        if found is None:
+            found = self.stores[kind] = Store(kind)
+        return found
+
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
-        return self._locks[(kind, namespace, name)]
+        key = (kind, namespace, name)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         self._locks.pop((kind, namespace, name), None)
+
+    async def close(self) -> None:
+        """Stop every reconciler's workers."""
+        for reconciler in self.reconcilers.values():
+            await reconciler.close()
 
 
 def build_settings(config: OperatorConfig) -> BuildSettings:

@@ -27,6 +27,20 @@ class ApiError(Exception):
         self.body = body
         super().__init__(f"{status} {reason}: {body.get('message', '')}")
 
+    @property
+    def message(self) -> str:
+        """The API server's own words (its Status message), else the HTTP reason."""
+        return str(self.body.get("message") or f"{self.status} {self.reason}")
+
+
+class Conflict(ApiError):
+    """409: the object exists already (create), or moved since it was read (a write that
+    carried its resourceVersion). Retry with the newer object."""
+
+
+def error_for(status: int, reason: str, body: dict[str, Any]) -> ApiError:
+    return Conflict(status, reason, body) if status == 409 else ApiError(status, reason, body)
+
 
 async def new_api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
     """A client from a kubeconfig file, $KUBECONFIG, or the in-cluster service account."""
@@ -61,7 +75,7 @@ async def request(
     raw = await response.read()
     data = cast(dict[str, Any], json.loads(raw)) if raw else {}
     if response.status >= 300:
-        raise ApiError(response.status, str(response.reason), data)
+        raise error_for(response.status, str(response.reason), data)
     return data
 
 
@@ -130,7 +144,13 @@ async def merge_patch(
     patch: dict[str, Any],
     *,
     subresource: str | None = None,
+    resource_version: str | None = None,
 ) -> dict[str, Any]:
+    """A JSON merge patch; with `resource_version`, refused (`Conflict`) if the object moved
+    since that version was read."""
+    if resource_version is not None:
+        metadata = {**patch.get("metadata", {}), "resourceVersion": resource_version}
+        patch = {**patch, "metadata": metadata}
     return await request(
         api,
         "PATCH",
