@@ -26,6 +26,9 @@ TARGET_NAME_LABEL: Final = "kocoon.io/target-name"
 TARGET_KIND_SANDBOX: Final = "sandbox"
 TARGET_KIND_SESSION: Final = "agentsession"
 TARGET_KIND_MODEL: Final = "modeldeployment"
+# Set on a Sandbox by its AgentSession (value: a checkpoint id): release that checkpoint. Only
+# the Sandbox controller acts on it and writes the Sandbox's status.
+RELEASE_CHECKPOINT_ANNOTATION: Final = "kocoon.io/release-checkpoint"
 
 
 def activity_lease_name(target_kind: str, name: str) -> str:

@@ -10,10 +10,15 @@ one activity Lease. Its phase mirrors its Sandbox's, plus Expired:
   template's shutdownTime, when earlier, ends the session too. On expiry the Sandbox is
   hibernated and kept for `retention` (its workspace and checkpoint), then deleted; without
   retention it is deleted at once.
+  The session owns expiry: the template's shutdownTime is not copied into the Sandbox, so
+  the Sandbox never expires by itself and retention keeps its hibernated state.
 - While not expired, a Sandbox hibernated for longer than `retention` loses its memory
-  checkpoint (it then wakes cold from its workspace).
+  checkpoint (it then wakes cold from its workspace): the session asks for that on the
+  Sandbox (an annotation naming the checkpoint); the Sandbox controller releases it.
 - The router writes activity and wake requests on the session's Lease; they are carried to
-  the Sandbox's Lease, where the Sandbox controller acts on them.
+  the Sandbox's Lease, where the Sandbox controller acts on them. An in-flight count the
+  router stopped renewing is stale and is carried as 0.
+- Every ModelDeployment named in spec.models must exist (condition ModelsAvailable).
 - The token is created once and rotated on request; the previous token stays valid for
   TOKEN_GRACE.
 """
@@ -55,6 +60,9 @@ class SandboxView:
     has_checkpoint: bool = False
     usage: Usage | None = None
     last_activity: datetime | None = None
+    checkpoint_id: str | None = None
+    # The checkpoint the session asked the Sandbox controller to release (its annotation).
+    release_requested: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class Observed:
     sandbox_activity: Activity = field(default_factory=Activity)  # the Sandbox's Lease
     # Set when the template with the session's policies is not a valid Sandbox.
     template_error: str | None = None
+    # The names of the ModelDeployments that exist in the session's namespace.
+    models_present: frozenset[str] = frozenset()
 
 
 class SandboxIntent(StrEnum):
@@ -100,7 +110,6 @@ class Action(StrEnum):
     FORWARD_WAKE = "ForwardWake"
     CLEAR_WAKE_REQUEST = "ClearWakeRequest"
     MIRROR_ACTIVITY = "MirrorActivity"
-    RELEASE_CHECKPOINT = "ReleaseCheckpoint"
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,12 @@ class Decision:
     sandbox_ref: bool = False
     start_time: datetime | None = None
     requeue_after: float | None = None
+    # The in-flight count MIRROR_ACTIVITY writes: the session's, or 0 once it is stale.
+    mirror_in_flight: int = 0
+    # The checkpoint the Sandbox is asked to release (its annotation), if any.
+    release_checkpoint: str | None = None
+    # Condition types that no longer apply and leave status.
+    drop_conditions: tuple[str, ...] = ()
 
 
 # --- deadlines -------------------------------------------------------------------------------
@@ -173,22 +188,49 @@ def decide(observed: Observed) -> Decision:
             decision = _expired(observed, *ends)
         else:
             decision = _live(observed, ends[0] if ends else None)
+    models_conditions, drop = _models(observed)
     requeue = [
         token_due,
         observed.now + timedelta(seconds=decision.requeue_after)
         if decision.requeue_after is not None
         else None,
+        in_flight_stale_at(observed.activity, observed.now),
     ]
     return Decision(
         phase=decision.phase,
         sandbox=decision.sandbox,
         actions=token_actions + decision.actions,
-        conditions=decision.conditions + token_conditions,
+        conditions=decision.conditions + token_conditions + models_conditions,
         events=token_events + decision.events,
         sandbox_ref=decision.sandbox_ref,
         start_time=decision.start_time,
         requeue_after=_seconds_until(observed.now, requeue),
+        mirror_in_flight=in_flight_now(observed.activity, observed.now),
+        release_checkpoint=decision.release_checkpoint,
+        drop_conditions=drop,
     )
+
+
+def _models(observed: Observed) -> tuple[tuple[ConditionUpdate, ...], tuple[str, ...]]:
+    """ModelsAvailable: every ModelDeployment spec.models names exists in the namespace."""
+    models = observed.spec.models
+    if not models:
+        return (), (ConditionType.MODELS_AVAILABLE,)
+    missing = [
+        f"spec.models[{index}]: ModelDeployment {ref.name!r} not found"
+        for index, ref in enumerate(models)
+        if ref.name not in observed.models_present
+    ]
+    if missing:
+        update = ConditionUpdate(
+            ConditionType.MODELS_AVAILABLE, False, Reason.MODEL_NOT_FOUND, "; ".join(missing)
+        )
+    else:
+        names = ", ".join(ref.name for ref in models)
+        update = ConditionUpdate(
+            ConditionType.MODELS_AVAILABLE, True, Reason.MODELS_FOUND, f"found: {names}"
+        )
+    return (update,), ()
 
 
 def _phase_event(
@@ -305,15 +347,19 @@ def _live(observed: Observed, ends: datetime | None) -> Decision:
     actions = _carry_activity(observed, sandbox)
     release_at = checkpoint_release_due(observed)
     events = list(_phase_event(observed, phase, ready.reason, _phase_message(sandbox, ready)))
+    release = None
     if release_at is not None and observed.now >= release_at:
-        actions += (Action.RELEASE_CHECKPOINT,)
-        events.append(
-            Event(
-                Reason.HIBERNATED_STATE_RELEASED,
-                f"hibernated for longer than retention {observed.spec.retention}: the memory"
-                " checkpoint is released; the session wakes cold from its workspace",
+        # Asked of the Sandbox controller, which releases it and writes the Sandbox's status.
+        release = sandbox.checkpoint_id
+        if release != sandbox.release_requested:
+            events.append(
+                Event(
+                    Reason.HIBERNATED_STATE_RELEASED,
+                    f"hibernated for longer than retention {observed.spec.retention}: the"
+                    " memory checkpoint is released; the session wakes cold from its"
+                    " workspace",
+                )
             )
-        )
         release_at = None
     start = observed.now if observed.start_time is None and phase is SessionPhase.RUNNING else None
     return Decision(
@@ -325,6 +371,7 @@ def _live(observed: Observed, ends: datetime | None) -> Decision:
         sandbox_ref=True,
         start_time=start,
         requeue_after=_seconds_until(observed.now, [ends, release_at]),
+        release_checkpoint=release,
     )
 
 
@@ -346,19 +393,39 @@ def _carry_activity(observed: Observed, sandbox: SandboxView) -> tuple[Action, .
             actions.append(Action.CLEAR_WAKE_REQUEST)
         elif observed.sandbox_activity.wake_requested_at is None:
             actions.append(Action.FORWARD_WAKE)
-    if activity_to_mirror(observed.activity, observed.sandbox_activity):
+    if activity_to_mirror(observed.activity, observed.sandbox_activity, observed.now):
         actions.append(Action.MIRROR_ACTIVITY)
     return tuple(actions)
 
 
-def activity_to_mirror(session: Activity, sandbox: Activity) -> bool:
+def in_flight_now(activity: Activity, now: datetime) -> int:
+    """The session's in-flight count, or 0 once the router stopped renewing it (a router
+    that died mid-request must not keep the session's Sandbox awake)."""
+    if activity.in_flight <= 0:
+        return 0
+    until = activity.in_flight_valid_until
+    return activity.in_flight if until is None or now <= until else 0
+
+
+def in_flight_stale_at(activity: Activity, now: datetime) -> datetime | None:
+    """When a count in flight now becomes stale (to carry 0 to the Sandbox then)."""
+    until = activity.in_flight_valid_until
+    if activity.in_flight <= 0 or until is None or now > until:
+        return None
+    return until + timedelta(milliseconds=1)
+
+
+def activity_to_mirror(session: Activity, sandbox: Activity, now: datetime) -> bool:
     """Whether the session's activity is news to its Sandbox: a later request, or a changed
-    in-flight count for the same last request."""
+    in-flight count (stale counts read as 0) for the same last request."""
     if session.last_request is None:
         return False
     if sandbox.last_request is None or session.last_request > sandbox.last_request:
         return True
-    return session.last_request == sandbox.last_request and session.in_flight != sandbox.in_flight
+    return (
+        session.last_request == sandbox.last_request
+        and in_flight_now(session, now) != sandbox.in_flight
+    )
 
 
 def _token(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,13 +80,47 @@ def test_the_sandbox_is_named_like_the_session_and_controlled_by_it() -> None:
     assert manifest["spec"]["workspace"] == {"size": "1Gi", "mountPath": "/workspace"}
 
 
-def test_the_spec_digest_changes_with_the_spec_only() -> None:
-    one = build.sandbox(OWNER, build.sandbox_spec(spec()))
-    same = build.sandbox(OWNER, build.sandbox_spec(spec()))
-    other = build.sandbox(OWNER, build.sandbox_spec(spec(idleTimeout="5m")))
-    digest = build.SPEC_DIGEST_ANNOTATION
-    assert one["metadata"]["annotations"][digest] == same["metadata"]["annotations"][digest]
-    assert one["metadata"]["annotations"][digest] != other["metadata"]["annotations"][digest]
+def test_the_session_owns_expiry_so_shutdown_time_stays_off_its_sandbox() -> None:
+    template = {
+        "template": {"image": "busybox"},
+        "workspace": {"size": "1Gi"},
+        "shutdownTime": "2026-11-24T12:00:00Z",
+        "shutdownPolicy": "Delete",
+    }
+    composed = build.sandbox_spec(spec(sandboxTemplate=template))
+    assert composed.shutdown_time is None
+    manifest = build.sandbox(OWNER, composed)
+    assert "shutdownTime" not in manifest["spec"]
+    assert manifest["spec"].get("shutdownPolicy", "Retain") == "Retain"
+
+
+def test_the_release_request_is_an_annotation_the_apply_owns() -> None:
+    composed = build.sandbox_spec(spec())
+    asked = build.sandbox(OWNER, composed, release_checkpoint="s1-0123")
+    assert asked["metadata"]["annotations"] == {"kocoon.io/release-checkpoint": "s1-0123"}
+    assert "annotations" not in build.sandbox(OWNER, composed)["metadata"]
+    assert "status" not in asked  # the Sandbox controller writes the Sandbox's status
+
+
+def test_a_hand_edit_of_the_sandbox_is_drift_and_server_defaults_are_not() -> None:
+    desired = build.sandbox(OWNER, build.sandbox_spec(spec()))
+    live = json.loads(json.dumps(desired))
+    assert not build.sandbox_drifted(desired, live)
+    # What the API server adds beside the session's fields is no drift.
+    live["metadata"].update(uid="x", resourceVersion="7", annotations={"other": "1"})
+    live["spec"]["template"]["ports"][0]["protocol"] = "TCP"
+    live["spec"]["shutdownPolicy"] = "Retain"
+    live["status"] = {"phase": "Running"}
+    assert not build.sandbox_drifted(desired, live)
+    edited = json.loads(json.dumps(live))
+    edited["spec"]["template"]["image"] = "nginx"
+    assert build.sandbox_drifted(desired, edited)
+    shorter = json.loads(json.dumps(live))
+    shorter["spec"]["idleTimeout"] = "1m"
+    assert build.sandbox_drifted(desired, shorter)
+    released = build.sandbox(OWNER, build.sandbox_spec(spec()), release_checkpoint="c1")
+    assert build.sandbox_drifted(released, live)
+    assert build.sandbox_drifted(desired, None)
 
 
 def test_the_token_secret_is_what_the_router_watches() -> None:

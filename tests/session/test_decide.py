@@ -189,19 +189,33 @@ def test_expired_session_clears_wake_requests_and_posts_one_event() -> None:
     assert not again.sandbox_ref
 
 
-def test_retention_releases_the_checkpoint_of_a_long_hibernated_sandbox() -> None:
+def test_retention_asks_the_sandbox_to_release_its_checkpoint() -> None:
     asleep = sandbox(
-        SandboxPhase.HIBERNATED, has_checkpoint=True, phase_since=NOW - timedelta(hours=2)
+        SandboxPhase.HIBERNATED,
+        has_checkpoint=True,
+        checkpoint_id="s1-0123",
+        phase_since=NOW - timedelta(hours=2),
     )
-    decision = sl.decide(observed(spec={"retention": "1h"}, sandbox=asleep))
-    assert Action.RELEASE_CHECKPOINT in decision.actions
+    decision = sl.decide(
+        observed(spec={"retention": "1h"}, sandbox=asleep, phase=SessionPhase.HIBERNATED)
+    )
+    assert decision.release_checkpoint == "s1-0123"
+    assert decision.sandbox is SandboxIntent.RUN  # the request goes on the applied Sandbox
     assert decision.phase is SessionPhase.HIBERNATED
+    assert [e.reason for e in decision.events] == [Reason.HIBERNATED_STATE_RELEASED]
+    # Asked already: the request stays, the Event is not posted again.
+    asked = replace(asleep, release_requested="s1-0123")
+    again = sl.decide(
+        observed(spec={"retention": "1h"}, sandbox=asked, phase=SessionPhase.HIBERNATED)
+    )
+    assert again.release_checkpoint == "s1-0123"
+    assert again.events == ()
     fresh = replace(asleep, phase_since=NOW - timedelta(minutes=10))
     waiting = sl.decide(observed(spec={"retention": "1h"}, sandbox=fresh))
-    assert Action.RELEASE_CHECKPOINT not in waiting.actions
+    assert waiting.release_checkpoint is None
     assert waiting.requeue_after == pytest.approx(50 * 60)
     unlimited = sl.decide(observed(sandbox=asleep))
-    assert Action.RELEASE_CHECKPOINT not in unlimited.actions
+    assert unlimited.release_checkpoint is None
 
 
 # --- wake and activity -----------------------------------------------------------------------
@@ -240,15 +254,71 @@ def test_the_wake_request_is_cleared_once_acted_on() -> None:
 
 def test_activity_is_mirrored_when_it_is_news_to_the_sandbox() -> None:
     earlier, later = NOW - timedelta(seconds=30), NOW
-    assert sl.activity_to_mirror(Activity(last_request=later), Activity())
-    assert sl.activity_to_mirror(Activity(last_request=later), Activity(last_request=earlier))
-    assert not sl.activity_to_mirror(Activity(last_request=earlier), Activity(last_request=later))
-    assert not sl.activity_to_mirror(Activity(), Activity(last_request=later))
+    assert sl.activity_to_mirror(Activity(last_request=later), Activity(), NOW)
+    assert sl.activity_to_mirror(Activity(last_request=later), Activity(last_request=earlier), NOW)
+    assert not sl.activity_to_mirror(
+        Activity(last_request=earlier), Activity(last_request=later), NOW
+    )
+    assert not sl.activity_to_mirror(Activity(), Activity(last_request=later), NOW)
     same = Activity(last_request=later, in_flight=0)
-    assert not sl.activity_to_mirror(same, Activity(last_request=later, in_flight=0))
-    assert sl.activity_to_mirror(same, Activity(last_request=later, in_flight=2))
+    assert not sl.activity_to_mirror(same, Activity(last_request=later, in_flight=0), NOW)
+    assert sl.activity_to_mirror(same, Activity(last_request=later, in_flight=2), NOW)
     decision = sl.decide(observed(activity=Activity(last_request=later), sandbox=sandbox()))
     assert Action.MIRROR_ACTIVITY in decision.actions
+
+
+def test_a_count_the_router_stopped_renewing_is_not_carried_as_in_flight() -> None:
+    """A router that died mid-request left in-flight=2 on the session's Lease: once stale,
+    the session's Sandbox sees 0 and may idle; while fresh, it sees 2."""
+    last = NOW - timedelta(minutes=10)
+    stale = Activity(
+        last_request=last, in_flight=2, in_flight_valid_until=NOW - timedelta(seconds=1)
+    )
+    # The Sandbox's Lease carries the count mirrored earlier: it is brought down to 0.
+    carried = Activity(last_request=last, in_flight=2)
+    decision = sl.decide(observed(activity=stale, sandbox_activity=carried, sandbox=sandbox()))
+    assert Action.MIRROR_ACTIVITY in decision.actions
+    assert decision.mirror_in_flight == 0
+    # A stale count is no news to a Sandbox that already has 0.
+    zero = Activity(last_request=last, in_flight=0)
+    quiet = sl.decide(observed(activity=stale, sandbox_activity=zero, sandbox=sandbox()))
+    assert Action.MIRROR_ACTIVITY not in quiet.actions
+
+    # Fresh: carried as is, and the session is reconciled again when it would go stale.
+    until = NOW + timedelta(seconds=40)
+    fresh = Activity(last_request=last, in_flight=2, in_flight_valid_until=until)
+    live = sl.decide(observed(activity=fresh, sandbox_activity=zero, sandbox=sandbox()))
+    assert Action.MIRROR_ACTIVITY in live.actions
+    assert live.mirror_in_flight == 2
+    assert live.requeue_after == pytest.approx(40, abs=0.01)
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def test_a_model_that_does_not_exist_is_named_with_its_field() -> None:
+    models = {"models": [{"name": "llama"}, {"name": "qwen"}]}
+    decision = sl.decide(
+        observed(spec=models, sandbox=sandbox(), models_present=frozenset({"llama"}))
+    )
+    found = conditions(decision)[ConditionType.MODELS_AVAILABLE]
+    assert found.status is False
+    assert found.reason == Reason.MODEL_NOT_FOUND
+    assert "spec.models[1]" in found.message
+    assert "qwen" in found.message
+    assert "llama" not in found.message
+    assert decision.phase is SessionPhase.RUNNING  # the session itself runs on
+
+    present = sl.decide(
+        observed(spec=models, sandbox=sandbox(), models_present=frozenset({"llama", "qwen"}))
+    )
+    found = conditions(present)[ConditionType.MODELS_AVAILABLE]
+    assert (found.status, found.reason) == (True, Reason.MODELS_FOUND)
+    assert present.drop_conditions == ()
+
+    none = sl.decide(observed(sandbox=sandbox()))
+    assert ConditionType.MODELS_AVAILABLE not in conditions(none)
+    assert none.drop_conditions == (ConditionType.MODELS_AVAILABLE,)
 
 
 # --- tokens ----------------------------------------------------------------------------------

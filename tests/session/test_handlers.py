@@ -25,6 +25,7 @@ from tests.kmockkit import SANDBOXES, SESSIONS, Clock
 pytestmark = pytest.mark.handler
 
 NS, NAME = "team", "chat"
+RELEASE = "kocoon.io/release-checkpoint"
 
 
 class RecordingAgent:
@@ -218,7 +219,7 @@ async def test_max_lifetime_ends_the_session_on_the_second(
     assert status["usage"]["idleSeconds"] + status["usage"].get("activeSeconds", 0) >= 3599
 
 
-async def test_retention_releases_the_memory_checkpoint_through_the_agent(
+async def test_retention_asks_the_sandbox_to_release_its_memory_checkpoint(
     emulator: tuple[kmock.KubernetesEmulator, str],
     ctx: context.OperatorContext,
     clock: Clock,
@@ -235,12 +236,15 @@ async def test_retention_releases_the_memory_checkpoint_through_the_agent(
     )
 
     clock.now += timedelta(minutes=59)
-    await settle(ctx, k, rounds=2)
-    assert agent.released == []
+    await session.reconcile(ctx, NS, NAME)
+    box = stored(k, SANDBOXES)
+    assert box is not None
+    assert RELEASE not in (box["metadata"].get("annotations") or {})
     clock.now += timedelta(minutes=2)
     await session.reconcile(ctx, NS, NAME)
-    assert agent.released == ["chat-0123"]
-    box_status = status_of(k, SANDBOXES)
-    assert "checkpoint" not in box_status or box_status["checkpoint"] is None
-    await settle(ctx, k, rounds=2)
-    assert agent.released == ["chat-0123"]  # released once
+    box = stored(k, SANDBOXES)
+    assert box is not None
+    assert box["metadata"]["annotations"][RELEASE] == "chat-0123"
+    # The session only states its intent: the Sandbox's status is its controller's to write.
+    assert box["status"]["checkpoint"]["id"] == "chat-0123"
+    assert agent.released == []

@@ -18,6 +18,7 @@ class ConditionType(StrEnum):
     MODEL_CACHED = "ModelCached"
     EXPIRED = "Expired"
     PREVIOUS_TOKEN_ACCEPTED = "PreviousTokenAccepted"
+    MODELS_AVAILABLE = "ModelsAvailable"
 
 
 class Reason(StrEnum):
@@ -63,6 +64,9 @@ class Reason(StrEnum):
     TOKEN_ROTATED = "TokenRotated"
     PREVIOUS_TOKEN_EXPIRED = "PreviousTokenExpired"
     HIBERNATED_STATE_RELEASED = "HibernatedStateReleased"
+    # ModelsAvailable (AgentSession)
+    MODELS_FOUND = "ModelsFound"
+    MODEL_NOT_FOUND = "ModelNotFound"
 
 
 class SandboxPhase(StrEnum):

@@ -7,13 +7,12 @@ The session's Sandbox is named like the session, so the Sandbox's own token Secr
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from kocoon import contract
 from kocoon.api.sandbox import SandboxSpec
 from kocoon.api.session import AgentSessionSpec
 from kocoon.builders import names, token
@@ -30,9 +29,12 @@ ROTATE_TOKEN_ANNOTATION = "kocoon.io/rotate-token"
 # On the token Secret: the rotation request last carried out, and when.
 TOKEN_ROTATION_ANNOTATION = "kocoon.io/token-rotation"
 TOKEN_ROTATED_AT_ANNOTATION = "kocoon.io/token-rotated-at"
-# On the Sandbox: a digest of the spec the session last applied, so unchanged specs are not
-# re-applied on every reconcile.
-SPEC_DIGEST_ANNOTATION = "kocoon.io/session-spec-digest"
+# On the Sandbox: the checkpoint the session asks the Sandbox controller to release (the
+# session's retention is over); the Sandbox controller releases it and writes its status.
+RELEASE_CHECKPOINT_ANNOTATION = contract.RELEASE_CHECKPOINT_ANNOTATION
+# Template fields the session does not pass on: the session owns expiry (maxLifetime and the
+# template's shutdownTime end the session, and retention keeps the Sandbox's state).
+SESSION_OWNED_FIELDS = ("shutdownTime", "shutdownPolicy")
 
 
 def session_identity(name: str, namespace: str, uid: str) -> Identity:
@@ -83,9 +85,12 @@ def sandbox_spec(spec: AgentSessionSpec, *, hibernate: bool = False) -> SandboxS
     """The template with the session's policies applied; `hibernate` keeps it asleep.
 
     Validated as a Sandbox, so that a combination the Sandbox would reject (e.g. filesystem
-    hibernation without a workspace) is reported against the session's fields.
+    hibernation without a workspace) is reported against the session's fields. The
+    template's shutdownTime stays with the session, which expires by it.
     """
     wire = spec.sandbox_template.to_wire()
+    for key in SESSION_OWNED_FIELDS:
+        wire.pop(key, None)
     wire["operatingMode"] = "Hibernated" if hibernate else spec.operating_mode
     if spec.idle_timeout is not None:
         wire["idleTimeout"] = str(spec.idle_timeout)
@@ -103,25 +108,59 @@ def sandbox_spec(spec: AgentSessionSpec, *, hibernate: bool = False) -> SandboxS
         raise TemplateError(details) from None
 
 
-def spec_digest(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+def sandbox(
+    owner: Identity, spec: SandboxSpec, *, release_checkpoint: str | None = None
+) -> dict[str, Any]:
+    """The session's Sandbox, for server-side apply: the session is its controller.
 
-
-def sandbox(owner: Identity, spec: SandboxSpec) -> dict[str, Any]:
-    """The session's Sandbox, for server-side apply: the session is its controller."""
-    wire = spec.to_wire()
+    `release_checkpoint` asks the Sandbox controller to release that checkpoint; left out, the
+    apply removes the annotation (the session owns it).
+    """
+    metadata: dict[str, Any] = {
+        "name": sandbox_name(owner.name),
+        "namespace": owner.namespace,
+        "labels": labels(owner.name, "sandbox"),
+        "ownerReferences": _owner_references(owner),
+    }
+    if release_checkpoint is not None:
+        metadata["annotations"] = {RELEASE_CHECKPOINT_ANNOTATION: release_checkpoint}
     return {
         "apiVersion": API_VERSION,
         "kind": "Sandbox",
-        "metadata": {
-            "name": sandbox_name(owner.name),
-            "namespace": owner.namespace,
-            "labels": labels(owner.name, "sandbox"),
-            "annotations": {SPEC_DIGEST_ANNOTATION: spec_digest(wire)},
-            "ownerReferences": _owner_references(owner),
-        },
-        "spec": wire,
+        "metadata": metadata,
+        "spec": spec.to_wire(),
     }
+
+
+def drifted(desired: Any, live: Any) -> bool:
+    """Whether the live object lost something the desired manifest sets: a field missing or
+    with another value (fields the API server defaults beside them do not count)."""
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return True
+        return any(drifted(value, live.get(key)) for key, value in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(desired) != len(live):
+            return True
+        return any(drifted(d, v) for d, v in zip(desired, live, strict=True))
+    return bool(desired != live)
+
+
+def sandbox_drifted(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    """Whether the session's Sandbox must be applied: missing, its spec edited away from the
+    session's, its labels or owner changed, or the release annotation not as wanted."""
+    if live is None:
+        return True
+    want = desired["metadata"]
+    have = live.get("metadata") or {}
+    wanted_release = (want.get("annotations") or {}).get(RELEASE_CHECKPOINT_ANNOTATION)
+    live_release = (have.get("annotations") or {}).get(RELEASE_CHECKPOINT_ANNOTATION)
+    return (
+        wanted_release != live_release
+        or drifted(want["labels"], have.get("labels") or {})
+        or drifted(want["ownerReferences"], have.get("ownerReferences") or [])
+        or drifted(desired["spec"], live.get("spec") or {})
+    )
 
 
 def _encode(value: str) -> str:

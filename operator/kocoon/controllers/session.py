@@ -30,11 +30,17 @@ from kocoon.builders import names, token
 from kocoon.builders import session as build
 from kocoon.builders.context import Identity
 from kocoon.controllers import common, failpoints, observe
-from kocoon.controllers import sandbox as sandbox_controller
-from kocoon.controllers.checkpoints import CheckpointFailed, CheckpointUnavailable
 from kocoon.controllers.context import OperatorContext, current, reconcile_interval
 from kocoon.kube import client, events
-from kocoon.kube.resources import AGENT_SESSION, GROUP, LEASE, SANDBOX, SECRET, VERSION
+from kocoon.kube.resources import (
+    AGENT_SESSION,
+    GROUP,
+    LEASE,
+    MODEL_DEPLOYMENT,
+    SANDBOX,
+    SECRET,
+    VERSION,
+)
 from kocoon.status import ConditionUpdate, merge_conditions, status_patch
 
 log = logging.getLogger(__name__)
@@ -83,6 +89,10 @@ def sandbox_view(body: dict[str, Any] | None, session_uid: str) -> sl.SandboxVie
         has_checkpoint=status.checkpoint is not None,
         usage=status.usage,
         last_activity=status.last_activity_time,
+        checkpoint_id=status.checkpoint.id if status.checkpoint is not None else None,
+        release_requested=(metadata.get("annotations") or {}).get(
+            build.RELEASE_CHECKPOINT_ANNOTATION
+        ),
     )
 
 
@@ -152,9 +162,9 @@ async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
     decision = sl.decide(seen.observed)
     status = (session.status or AgentSessionStatus()).model_copy(deep=True)
     for action in decision.actions:
-        await _act(ctx, action, seen)
+        await _act(ctx, action, seen, decision)
         failpoints.hit(f"session:after:{action.value}")
-    apply_error = await _converge_sandbox(ctx, decision.sandbox, seen)
+    apply_error = await _converge_sandbox(ctx, decision, seen)
     if seen.lease is None or not owns(seen.lease, seen.owner.uid):
         await client.apply(ctx.api, build.activity_lease(seen.owner))
     await _write_status(ctx, seen, status, decision, apply_error)
@@ -172,6 +182,13 @@ async def _observe(ctx: OperatorContext, body: dict[str, Any], session: AgentSes
         await client.get(ctx.api, LEASE, namespace, names.activity_lease_name(name))
         if sandbox is not None
         else None
+    )
+    models_present = frozenset(
+        [
+            ref.name
+            for ref in session.spec.models
+            if await client.get(ctx.api, MODEL_DEPLOYMENT, namespace, ref.name) is not None
+        ]
     )
     template_error = None
     try:
@@ -194,11 +211,12 @@ async def _observe(ctx: OperatorContext, body: dict[str, Any], session: AgentSes
         activity=observe.activity(lease),
         sandbox_activity=observe.activity(sandbox_lease),
         template_error=template_error,
+        models_present=models_present,
     )
     return Seen(body, session, owner, sandbox, secret, lease, observed)
 
 
-async def _act(ctx: OperatorContext, action: sl.Action, seen: Seen) -> None:
+async def _act(ctx: OperatorContext, action: sl.Action, seen: Seen, decision: sl.Decision) -> None:
     owner, observed = seen.owner, seen.observed
     sandbox_lease = names.activity_lease_name(build.sandbox_name(owner.name))
     if action is sl.Action.CREATE_TOKEN:
@@ -231,15 +249,12 @@ async def _act(ctx: OperatorContext, action: sl.Action, seen: Seen) -> None:
         patch = build.wake_patch(observed.activity.wake_requested_at)
         await _patch_lease(ctx, owner.namespace, sandbox_lease, patch)
     elif action is sl.Action.MIRROR_ACTIVITY and observed.activity.last_request is not None:
-        activity = observed.activity
-        patch = build.activity_patch(observed.activity.last_request, activity.in_flight)
+        patch = build.activity_patch(observed.activity.last_request, decision.mirror_in_flight)
         await _patch_lease(ctx, owner.namespace, sandbox_lease, patch)
     elif action is sl.Action.CLEAR_WAKE_REQUEST:
         await _patch_lease(
             ctx, owner.namespace, build.activity_lease_name(owner.name), build.clear_wake_patch()
         )
-    elif action is sl.Action.RELEASE_CHECKPOINT:
-        await _release_checkpoint(ctx, owner)
 
 
 async def _patch_lease(
@@ -252,59 +267,12 @@ async def _patch_lease(
             raise
 
 
-async def _release_checkpoint(ctx: OperatorContext, owner: Identity) -> None:
-    """Release the hibernated Sandbox's memory checkpoint (retention is over).
+async def _converge_sandbox(ctx: OperatorContext, decision: sl.Decision, seen: Seen) -> str | None:
+    """Apply or delete the Sandbox as decided; the API server's refusal, if any.
 
-    Under the Sandbox's lock, so its controller never writes back a checkpoint released here.
+    Applied whenever the live Sandbox differs from the session's (a hand edit is reverted).
     """
-    name = build.sandbox_name(owner.name)
-    async with ctx.lock(sandbox_controller.KIND, owner.namespace, name):
-        body = await client.get(ctx.api, SANDBOX, owner.namespace, name)
-        if body is None:
-            return
-        status = SandboxStatus.model_validate(body.get("status") or {})
-        checkpoint = status.checkpoint
-        if checkpoint is None:
-            return
-        try:
-            await ctx.checkpointer.release(owner.namespace, checkpoint)
-        except CheckpointFailed as error:
-            log.warning(
-                "releasing checkpoint failed; retrying",
-                extra={"session": f"{owner.namespace}/{owner.name}", "error": str(error)},
-            )
-            return
-        except CheckpointUnavailable:
-            pass  # no agent serves that node, so nothing there can leak
-        conditions = merge_conditions(
-            status.conditions,
-            (
-                ConditionUpdate(
-                    ConditionType.CHECKPOINT_AVAILABLE,
-                    False,
-                    Reason.CHECKPOINT_EXPIRED,
-                    f"checkpoint {checkpoint.id} released: the session's retention is over",
-                ),
-            ),
-            int(body["metadata"].get("generation", 0)),
-            _now(),
-        )
-        wire = [c.to_wire() for c in conditions]
-        await client.merge_patch(
-            ctx.api,
-            SANDBOX,
-            owner.namespace,
-            name,
-            {"status": {"checkpoint": None, "conditions": wire}},
-            subresource="status",
-        )
-
-
-async def _converge_sandbox(
-    ctx: OperatorContext, intent: sl.SandboxIntent, seen: Seen
-) -> str | None:
-    """Apply or delete the Sandbox as decided; the API server's refusal, if any."""
-    owner, current_body = seen.owner, seen.sandbox
+    owner, current_body, intent = seen.owner, seen.sandbox, decision.sandbox
     if intent is sl.SandboxIntent.DELETE and current_body is not None:
         await client.delete(
             ctx.api,
@@ -317,13 +285,8 @@ async def _converge_sandbox(
     if intent not in (sl.SandboxIntent.RUN, sl.SandboxIntent.HIBERNATE):
         return None
     spec = build.sandbox_spec(seen.session.spec, hibernate=intent is sl.SandboxIntent.HIBERNATE)
-    manifest = build.sandbox(owner, spec)
-    applied = ((current_body or {}).get("metadata", {}).get("annotations") or {}).get(
-        build.SPEC_DIGEST_ANNOTATION
-    )
-    if current_body is not None and applied == manifest["metadata"]["annotations"].get(
-        build.SPEC_DIGEST_ANNOTATION
-    ):
+    manifest = build.sandbox(owner, spec, release_checkpoint=decision.release_checkpoint)
+    if not build.sandbox_drifted(manifest, current_body):
         return None
     try:
         await client.apply(ctx.api, manifest)
@@ -355,7 +318,8 @@ async def _write_status(
             decision_events.append(sl.Event(Reason.INVALID_SANDBOX_TEMPLATE, message, warning=True))
     updates = tuple(_with_address(u, owner, ctx) for u in updates)
     status.phase = decision.phase
-    status.conditions = merge_conditions(status.conditions, updates, observed.generation, now)
+    kept = [c for c in status.conditions if c.type not in decision.drop_conditions]
+    status.conditions = merge_conditions(kept, updates, observed.generation, now)
     status.observed_generation = observed.generation
     status.endpoint = build.endpoint(owner.namespace, owner.name)
     status.sandbox_ref = (
