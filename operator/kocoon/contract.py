@@ -62,3 +62,13 @@ PHASE_TERMINATING: Final = "Terminating"
 PHASE_EXPIRED: Final = "Expired"
 PHASE_SCALED_TO_ZERO: Final = "ScaledToZero"
 CONDITION_READY: Final = "Ready"
+
+# --- values and status fields the router reads ---------------------------------------------
+# The value of the label that selects token Secrets and API-key Secrets.
+SECRET_LABEL_VALUE: Final = "true"
+# ModelDeployment phases beyond the shared ones above.
+PHASE_PENDING: Final = "Pending"
+PHASE_LOADING: Final = "Loading"
+PHASE_WAKING: Final = "Waking"
+# The OpenAI-compatible endpoint's base path on the router.
+OPENAI_BASE_PATH: Final = "/v1"

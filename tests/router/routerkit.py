@@ -109,8 +109,11 @@ def backend_app(backend: Backend) -> web.Application:
     return app
 
 
-async def start_app(app: web.Application, host: str) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
+async def start_app(
+    app: web.Application, host: str, *, handler_cancellation: bool = True
+) -> tuple[web.AppRunner, int]:
+    # As `kocoon router` runs its listeners: a client going away cancels its handler.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=handler_cancellation)
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()

@@ -54,7 +54,7 @@ def test_events_build_a_session_route() -> None:
             "tokenSecretRef": {"name": "s1-token"},
         },
     }
-    kube.apply_event(table, None, "ADDED", secret)
+    kube.apply_event(table, kube.SecretKind.TOKEN, "ADDED", secret)
     kube.apply_event(table, TargetKind.SESSION, "ADDED", session)
     kube.apply_event(
         table,

@@ -5,6 +5,9 @@ most one write per target per `interval`, whatever the traffic: a thousand reque
 second become one renewal. While requests are in flight (a long SSE stream, a WebSocket) the
 target keeps being renewed every interval, so "renewTime older than the idle timeout" means
 idle, across any number of router replicas.
+
+Requests held for a model that is waking (`queue`/`unqueue`) are counted apart from those in
+flight: the model autoscaler sizes replicas for both, and at zero only the queue shows demand.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 class ActivitySnapshot:
     in_flight: int
     last_request_at: float  # wall-clock seconds since the epoch
+    queued: int = 0  # requests held while the target wakes (models only)
 
 
 class ActivitySink(Protocol):
@@ -38,6 +42,7 @@ class ActivitySink(Protocol):
 @dataclass
 class _TargetActivity:
     in_flight: int = 0
+    queued: int = 0
     last_request_at: float = 0.0
     dirty: bool = False  # a request began or ended since the last renewal was planned
     last_write: float | None = None  # monotonic time of the last planned renewal
@@ -67,9 +72,23 @@ class ActivityTracker:
         # written too, or the target would look busy (never idle) from then on.
         activity.dirty = True
 
+    def queue(self, key: TargetKey) -> None:
+        """A request is held for `key`; it counts as demand and as a request."""
+        activity = self.targets.get(key)
+        if activity is None:
+            activity = self.targets[key] = _TargetActivity()
+        activity.queued += 1
+        activity.last_request_at = self.wall_clock()
+        activity.dirty = True
+
+    def unqueue(self, key: TargetKey) -> None:
+        activity = self.targets[key]
+        activity.queued -= 1
+        activity.dirty = True
+
     def snapshot(self, key: TargetKey) -> ActivitySnapshot:
         activity = self.targets.get(key, _TargetActivity())
-        return ActivitySnapshot(activity.in_flight, activity.last_request_at)
+        return ActivitySnapshot(activity.in_flight, activity.last_request_at, activity.queued)
 
     def due(self, now: float) -> list[TargetKey]:
         """Targets to renew at monotonic time `now`; marks them as written.
@@ -79,7 +98,7 @@ class ActivityTracker:
         """
         due: list[TargetKey] = []
         for key, activity in self.targets.items():
-            active = activity.dirty or activity.in_flight > 0
+            active = activity.dirty or activity.in_flight > 0 or activity.queued > 0
             rested = activity.last_write is None or now - activity.last_write >= self.interval
             if active and rested:
                 activity.dirty = False
@@ -95,6 +114,7 @@ class ActivityTracker:
             for key, a in self.targets.items()
             if not a.dirty
             and a.in_flight == 0
+            and a.queued == 0
             and a.last_write is not None
             and now - a.last_write >= 2 * self.interval
         ]

@@ -1,7 +1,8 @@
 """The router's only I/O with the Kubernetes API: watches into the table, Lease writes.
 
 - Sandboxes, AgentSessions and ModelDeployments are listed and watched into the routing table;
-  token Secrets (labelled `kocoon.io/router-token: "true"`) likewise, as SHA-256 digests.
+  token Secrets (labelled `kocoon.io/router-token: "true"`) and API-key Secrets (labelled
+  `kocoon.io/api-key: "true"`) likewise, as SHA-256 digests.
 - Activity is a merge patch of the target's Lease (`kocoon-activity-<kind>-<name>`).
 - A wake is the annotation `kocoon.io/wake-requested-at` on that Lease, written only when it
   is absent and only with the Lease's resourceVersion (optimistic concurrency), so of several
@@ -9,7 +10,8 @@
   level-based: present means "bring the target up", and removes it once it has acted.
 
 The field readers below take plain dicts on purpose: the router follows the documented status
-contract (docs/router.md) and does not import the API models.
+contract (docs/router.md) and does not import the API models; the names it shares with the
+operator come from `kocoon.contract`, the only module of the operator it imports.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import enum
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,10 +30,33 @@ from typing import Any
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kocoon import contract
+from kocoon.contract import (
+    API_KEY_KEY,
+    API_KEY_MODELS_ANNOTATION,
+    API_KEY_SECRET_LABEL,
+    CONDITION_READY,
+    GROUP,
+    IN_FLIGHT_ANNOTATION,
+    LAST_REQUEST_ANNOTATION,
+    LEASE_NAME_PREFIX,
+    PREVIOUS_TOKEN_KEY,
+    QUEUED_ANNOTATION,
+    TARGET_KIND_LABEL,
+    TARGET_NAME_LABEL,
+    TOKEN_KEY,
+    TOKEN_SECRET_LABEL,
+    VERSION,
+    WAKE_REQUESTED_ANNOTATION,
+)
 from kocoon.router.activity import ActivitySnapshot
 from kocoon.router.auth import hash_token
 from kocoon.router.table import (
+    PHASE_TERMINATING,
+    ApiKeyView,
     BackendView,
+    ModelBackend,
+    ModelView,
     RoutingTable,
     SessionView,
     TargetKey,
@@ -39,31 +65,35 @@ from kocoon.router.table import (
 
 log = logging.getLogger(__name__)
 
-GROUP = "kocoon.io"
-VERSION = "v1alpha1"
+__all__ = [  # the contract names tests and callers read through this module
+    "API_KEY_KEY", "API_KEY_MODELS_ANNOTATION", "API_KEY_SECRET_LABEL", "IN_FLIGHT_ANNOTATION",
+    "LAST_REQUEST_ANNOTATION", "LEASE_NAME_PREFIX", "PREVIOUS_TOKEN_KEY", "QUEUED_ANNOTATION",
+    "TARGET_KIND_LABEL", "TARGET_NAME_LABEL", "TOKEN_KEY", "TOKEN_SECRET_LABEL",
+    "TOKEN_SECRET_LABEL_VALUE", "WAKE_REQUESTED_ANNOTATION",
+]  # fmt: skip
 PLURALS: dict[TargetKind, str] = {
     TargetKind.SANDBOX: "sandboxes",
     TargetKind.SESSION: "agentsessions",
     TargetKind.MODEL: "modeldeployments",
 }
 
-# Lease contract
-LEASE_NAME_PREFIX = "kocoon-activity-"
-WAKE_REQUESTED_ANNOTATION = "kocoon.io/wake-requested-at"
-LAST_REQUEST_ANNOTATION = "kocoon.io/last-request-at"
-IN_FLIGHT_ANNOTATION = "kocoon.io/in-flight"
-TARGET_KIND_LABEL = "kocoon.io/target-kind"
-TARGET_NAME_LABEL = "kocoon.io/target-name"
 LEASE_DURATION_FACTOR = 3  # leaseDurationSeconds = factor x renewal interval
+TOKEN_SECRET_LABEL_VALUE = contract.SECRET_LABEL_VALUE
 
-# Token Secret contract
-TOKEN_SECRET_LABEL = "kocoon.io/router-token"
-TOKEN_SECRET_LABEL_VALUE = "true"
-TOKEN_KEY = "token"
-PREVIOUS_TOKEN_KEY = "previousToken"
 
-# Status contract
-CONDITION_READY = "Ready"
+class SecretKind(enum.StrEnum):
+    """The two kinds of Secrets the router watches (by label)."""
+
+    TOKEN = "token"
+    API_KEY = "api-key"
+
+
+SECRET_LABELS: dict[SecretKind, str] = {
+    SecretKind.TOKEN: TOKEN_SECRET_LABEL,
+    SecretKind.API_KEY: API_KEY_SECRET_LABEL,
+}
+Source = TargetKind | SecretKind
+
 MERGE_PATCH = "application/merge-patch+json"
 WATCH_TIMEOUT_SECONDS = 300
 RELIST_BACKOFF_SECONDS = 2.0
@@ -73,7 +103,7 @@ RELIST_BACKOFF_SECONDS = 2.0
 
 
 def lease_name(key: TargetKey) -> str:
-    return f"{LEASE_NAME_PREFIX}{key.kind.value}-{key.name}"
+    return contract.activity_lease_name(key.kind.value, key.name)
 
 
 def _ref_name(value: object) -> str | None:
@@ -109,10 +139,21 @@ def endpoints(status: Mapping[str, Any]) -> tuple[str, ...]:
     return ()
 
 
+def phase_of(obj: Mapping[str, Any]) -> str:
+    """`status.phase`, except `Terminating` for an object being deleted.
+
+    The operator never writes `Terminating`; a deletionTimestamp is the fact it stands for,
+    and a target being deleted must be answered at once, not held and woken.
+    """
+    if (obj.get("metadata") or {}).get("deletionTimestamp"):
+        return PHASE_TERMINATING
+    return str((obj.get("status") or {}).get("phase") or "")
+
+
 def backend_view(obj: Mapping[str, Any]) -> BackendView:
     status = obj.get("status") or {}
     return BackendView(
-        phase=str(status.get("phase") or ""),
+        phase=phase_of(obj),
         ready=is_ready(status),
         endpoints=endpoints(status),
         token_secret=_ref_name(status.get("tokenSecretRef")),
@@ -121,11 +162,58 @@ def backend_view(obj: Mapping[str, Any]) -> BackendView:
 
 def session_view(obj: Mapping[str, Any]) -> SessionView:
     status = obj.get("status") or {}
+    models = (obj.get("spec") or {}).get("models") or []
     return SessionView(
-        phase=str(status.get("phase") or ""),
+        phase=phase_of(obj),
         sandbox_ref=_ref_name(status.get("sandboxRef")),
         token_secret=_ref_name(status.get("tokenSecretRef")),
+        models=frozenset(n for n in (_ref_name(m) for m in models) if n),
     )
+
+
+def served_name(obj: Mapping[str, Any]) -> str:
+    """`status.servedModelName`, else `spec.route.servedModelName`, else the object's name."""
+    status = obj.get("status") or {}
+    route = (obj.get("spec") or {}).get("route") or {}
+    for value in (status.get("servedModelName"), route.get("servedModelName")):
+        if isinstance(value, str) and value:
+            return value
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def model_view(obj: Mapping[str, Any]) -> ModelView:
+    """A ModelDeployment: phase, served name and `status.backends[]` (one per replica pod)."""
+    status = obj.get("status") or {}
+    backends = []
+    for item in status.get("backends") or []:
+        if not isinstance(item, Mapping):
+            continue
+        address = item.get("address")
+        if not isinstance(address, str) or not address:
+            continue
+        backends.append(
+            ModelBackend(
+                address=address,
+                ready=item.get("ready") is True,
+                sleeping=item.get("sleeping") is True,
+                pod=str(item.get("pod") or ""),
+            )
+        )
+    return ModelView(phase=phase_of(obj), served_name=served_name(obj), backends=tuple(backends))
+
+
+def api_key_view(secret: Mapping[str, Any]) -> ApiKeyView:
+    """An API-key Secret: the digest of `data.key` and the `kocoon.io/models` annotation
+    (comma-separated served names; absent: every model of the namespace, empty: none)."""
+    data = secret.get("data") or {}
+    encoded = data.get(API_KEY_KEY)
+    digests = frozenset({hash_token(base64.b64decode(encoded))}) if encoded else frozenset()
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    listed = annotations.get(API_KEY_MODELS_ANNOTATION)
+    models = None
+    if listed is not None:
+        models = frozenset(m.strip() for m in str(listed).split(",") if m.strip())
+    return ApiKeyView(digests=digests, models=models)
 
 
 def token_hashes(secret: Mapping[str, Any]) -> list[bytes]:
@@ -139,18 +227,26 @@ def token_hashes(secret: Mapping[str, Any]) -> list[bytes]:
     return hashes
 
 
-def apply_event(
-    table: RoutingTable, kind: TargetKind | None, event: str, obj: Mapping[str, Any]
-) -> None:
-    """One watch event into the table; `kind` None means a token Secret."""
+def apply_event(table: RoutingTable, kind: Source, event: str, obj: Mapping[str, Any]) -> None:
+    """One watch event into the table."""
     meta = obj.get("metadata") or {}
     namespace, name = meta.get("namespace", ""), meta.get("name", "")
     deleted = event == "DELETED"
-    if kind is None:
+    if kind is SecretKind.TOKEN:
         if deleted:
             table.delete_secret(namespace, name)
         else:
             table.upsert_secret(namespace, name, token_hashes(obj))
+    elif kind is SecretKind.API_KEY:
+        if deleted:
+            table.delete_api_key(namespace, name)
+        else:
+            table.upsert_api_key(namespace, name, api_key_view(obj))
+    elif kind is TargetKind.MODEL:
+        if deleted:
+            table.delete_model(namespace, name)
+        else:
+            table.upsert_model(namespace, name, model_view(obj))
     elif kind is TargetKind.SESSION:
         if deleted:
             table.delete_session(namespace, name)
@@ -169,16 +265,23 @@ def microtime(at: datetime.datetime) -> str:
 
 
 def renewal_patch(
-    snapshot: ActivitySnapshot, holder: str, now: datetime.datetime, interval: float
+    snapshot: ActivitySnapshot,
+    holder: str,
+    now: datetime.datetime,
+    interval: float,
+    *,
+    with_queue: bool = False,
 ) -> dict[str, Any]:
+    """The Lease merge patch of one renewal; `with_queue` adds the held count (models)."""
     last = datetime.datetime.fromtimestamp(snapshot.last_request_at, datetime.UTC)
+    annotations = {
+        LAST_REQUEST_ANNOTATION: microtime(last),
+        IN_FLIGHT_ANNOTATION: str(snapshot.in_flight),
+    }
+    if with_queue:
+        annotations[QUEUED_ANNOTATION] = str(snapshot.queued)
     return {
-        "metadata": {
-            "annotations": {
-                LAST_REQUEST_ANNOTATION: microtime(last),
-                IN_FLIGHT_ANNOTATION: str(snapshot.in_flight),
-            }
-        },
+        "metadata": {"annotations": annotations},
         "spec": {
             "holderIdentity": holder,
             "renewTime": microtime(now),
@@ -242,7 +345,10 @@ class LeaseWriter:
         return client.CoordinationV1Api(self.api)
 
     async def renew(self, key: TargetKey, snapshot: ActivitySnapshot) -> None:
-        patch = renewal_patch(snapshot, self.holder, self.clock(), self.interval)
+        patch = renewal_patch(
+            snapshot, self.holder, self.clock(), self.interval,
+            with_queue=key.kind is TargetKind.MODEL,
+        )  # fmt: skip
         try:
             await self.leases.patch_namespaced_lease(
                 lease_name(key), key.namespace, patch, _content_type=MERGE_PATCH
@@ -320,11 +426,10 @@ class TableWatcher:
     synced: set[str] = field(default_factory=set)
     _sources: list[str] = field(default_factory=list)
 
-    def sources(self) -> list[tuple[str, TargetKind | None, ListFn, dict[str, Any]]]:
+    def sources(self) -> list[tuple[str, Source, ListFn, dict[str, Any]]]:
         custom = client.CustomObjectsApi(self.api)
         core = client.CoreV1Api(self.api)
-        secret_selector = f"{TOKEN_SECRET_LABEL}={TOKEN_SECRET_LABEL_VALUE}"
-        out: list[tuple[str, TargetKind | None, ListFn, dict[str, Any]]] = []
+        out: list[tuple[str, Source, ListFn, dict[str, Any]]] = []
         for ns in self.namespaces or (None,):
             where = ns or "*"
             for kind, plural in PLURALS.items():
@@ -335,16 +440,14 @@ class TableWatcher:
                     fn = custom.list_namespaced_custom_object
                     kwargs = {"group": GROUP, "version": VERSION, "plural": plural, "namespace": ns}
                 out.append((f"{plural}@{where}", kind, fn, kwargs))
-            if ns is None:
-                out.append(
-                    (f"secrets@{where}", None, core.list_secret_for_all_namespaces,
-                     {"label_selector": secret_selector})
-                )  # fmt: skip
-            else:
-                out.append(
-                    (f"secrets@{where}", None, core.list_namespaced_secret,
-                     {"namespace": ns, "label_selector": secret_selector})
-                )  # fmt: skip
+            for secret_kind, label in SECRET_LABELS.items():
+                selector = {"label_selector": f"{label}={contract.SECRET_LABEL_VALUE}"}
+                name = f"secrets:{secret_kind}@{where}"
+                if ns is None:
+                    out.append((name, secret_kind, core.list_secret_for_all_namespaces, selector))
+                else:
+                    selector["namespace"] = ns
+                    out.append((name, secret_kind, core.list_namespaced_secret, selector))
         return out
 
     @property
@@ -356,9 +459,7 @@ class TableWatcher:
         self._sources = [name for name, *_ in sources]
         await asyncio.gather(*(self._follow(*source) for source in sources))
 
-    async def _follow(
-        self, name: str, kind: TargetKind | None, fn: ListFn, kwargs: dict[str, Any]
-    ) -> None:
+    async def _follow(self, name: str, kind: Source, fn: ListFn, kwargs: dict[str, Any]) -> None:
         known: set[tuple[str, str]] = set()
         while True:
             try:
@@ -373,7 +474,7 @@ class TableWatcher:
 
     async def _relist(
         self,
-        kind: TargetKind | None,
+        kind: Source,
         fn: ListFn,
         kwargs: dict[str, Any],
         known: set[tuple[str, str]],
@@ -398,7 +499,7 @@ class TableWatcher:
 
     async def _watch(
         self,
-        kind: TargetKind | None,
+        kind: Source,
         fn: ListFn,
         kwargs: dict[str, Any],
         known: set[tuple[str, str]],

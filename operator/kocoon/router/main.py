@@ -27,13 +27,23 @@ from kocoon.router.activity import (
 )
 from kocoon.router.auth import hash_token
 from kocoon.router.metrics import RouterMetrics
+from kocoon.router.openai_format import DEFAULT_MAX_BODY_BYTES
 from kocoon.router.proxy import (
     DEFAULT_SSE_HEARTBEAT_SECONDS,
     Proxy,
     ProxyConfig,
     admin_app,
 )
-from kocoon.router.table import BackendView, RoutingTable, SessionView, TargetKey, TargetKind
+from kocoon.router.table import (
+    ApiKeyView,
+    BackendView,
+    ModelBackend,
+    ModelView,
+    RoutingTable,
+    SessionView,
+    TargetKey,
+    TargetKind,
+)
 from kocoon.router.wake import (
     DEFAULT_QUEUE_PER_TARGET,
     DEFAULT_QUEUE_TOTAL,
@@ -113,6 +123,8 @@ def assemble(
 def _counter(table: RoutingTable, kind: TargetKind) -> Callable[[], float]:
     if kind is TargetKind.SESSION:
         return lambda: float(len(table.sessions))
+    if kind is TargetKind.MODEL:
+        return lambda: float(len(table.models))
     return lambda: float(sum(1 for key in table.backends if key.kind is kind))
 
 
@@ -134,7 +146,9 @@ class DiscardActivity:
 def load_static(path: Path, table: RoutingTable) -> None:
     """Fill the table from a YAML file: `targets: [{kind, namespace, name, endpoint, token}]`.
 
-    A target of kind agentsession gets a Sandbox of the same name behind it.
+    A target of kind agentsession gets a Sandbox of the same name behind it. A
+    modeldeployment takes `servedModelName` (default: its name), one backend per `endpoint`,
+    and `apiKey`: an API key of its namespace that may call it.
     """
     document = yaml.safe_load(path.read_text()) or {}
     for index, item in enumerate(document.get("targets") or []):
@@ -147,6 +161,9 @@ def load_static(path: Path, table: RoutingTable) -> None:
                 f"{where}: needs namespace, name and kind one of "
                 f"{[k.value for k in TargetKind]} ({error})"
             ) from error
+        if kind is TargetKind.MODEL:
+            _load_static_model(item, namespace, name, table)
+            continue
         secret = f"{name}-token"
         token = item.get("token")
         if token:
@@ -162,6 +179,22 @@ def load_static(path: Path, table: RoutingTable) -> None:
             table.upsert_session(namespace, name, SessionView(view.phase, name, view.token_secret))
         else:
             table.upsert_backend(TargetKey(kind, namespace, name), view)
+
+
+def _load_static_model(
+    item: dict[str, Any], namespace: str, name: str, table: RoutingTable
+) -> None:
+    served = str(item.get("servedModelName") or name)
+    backends = tuple(
+        ModelBackend(address=str(e), ready=True, pod=f"{name}-{i}")
+        for i, e in enumerate(_as_list(item.get("endpoint")))
+    )
+    phase = str(item.get("phase", "Ready"))
+    table.upsert_model(namespace, name, ModelView(phase, served, backends))
+    key = item.get("apiKey")
+    if key:
+        view = ApiKeyView(frozenset({hash_token(str(key))}), frozenset({served}))
+        table.upsert_api_key(namespace, f"{name}-api-key", view)
 
 
 def _as_list(value: object) -> list[object]:
@@ -192,6 +225,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--queue-per-target", type=int, default=DEFAULT_QUEUE_PER_TARGET)
     p.add_argument("--queue-total", type=int, default=DEFAULT_QUEUE_TOTAL)
     p.add_argument("--sse-heartbeat", type=float, default=DEFAULT_SSE_HEARTBEAT_SECONDS)
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="largest model request body; larger ones get 413")  # fmt: skip
     p.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
                    help="uvloop, if installed, measured no faster (docs/router.md)")  # fmt: skip
     p.add_argument("--log-level", default="INFO")
@@ -226,7 +261,10 @@ async def serve(args: argparse.Namespace) -> None:
         background.append(watcher.run)
     router = assemble(
         table, control, sink,
-        proxy_config=ProxyConfig(domain=args.domain, sse_heartbeat=args.sse_heartbeat),
+        proxy_config=ProxyConfig(
+            domain=args.domain, sse_heartbeat=args.sse_heartbeat,
+            max_body_bytes=args.max_body_bytes,
+        ),
         wake_config=WakeConfig(args.wake_timeout, args.queue_per_target, args.queue_total),
         activity_interval=args.activity_interval,
     )  # fmt: skip
@@ -237,7 +275,12 @@ async def serve(args: argparse.Namespace) -> None:
         (router.app(), args.listen, "--listen"),
         (router.admin(), args.admin_listen, "--admin-listen"),
     ):
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+        # handler_cancellation: a client that goes away cancels its handler, which closes the
+        # connection to the backend (an engine stops generating for nobody).
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+            handler_cancellation=True,
+        )  # fmt: skip
         await runner.setup()
         host, port = _hostport(address, flag)
         await web.TCPSite(runner, host, port, backlog=1024).start()

@@ -21,9 +21,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from kocoon.router.activity import ActivityTracker
 from kocoon.router.auth import AUTHORIZATION_HEADER, check_bearer
-from kocoon.router.match import Match, match_request
+from kocoon.router.match import Match, match_host, match_path
 from kocoon.router.metrics import RouterMetrics
-from kocoon.router.table import Route, RoutingTable, TargetKey
+from kocoon.router.models import ModelEndpoint
+from kocoon.router.openai_format import DEFAULT_MAX_BODY_BYTES, is_openai_path
+from kocoon.router.table import Route, RoutingTable, TargetKey, TargetKind
 from kocoon.router.wake import Hold, HoldRefused, TargetGone, Waker, WakeTimedOut
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class ProxyConfig:
     domain: str | None = None
     sse_heartbeat: float = DEFAULT_SSE_HEARTBEAT_SECONDS
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # model requests; larger bodies get 413
 
 
 # --- pure header handling -------------------------------------------------------------------
@@ -145,6 +148,7 @@ class Proxy:
         self.metrics = metrics
         self.config = config or ProxyConfig()
         self._client: aiohttp.ClientSession | None = None
+        self.models = ModelEndpoint(self)
 
     @property
     def client(self) -> aiohttp.ClientSession:
@@ -175,17 +179,33 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        match = match_request(request.rel_url.raw_path, request.host, self.config.domain)
-        if match is None:
-            return error_response(
-                404, "no target in this URL: use /sessions/{namespace}/{name}/... "
-                "(or /sandboxes/..., /models/...)",
-            )  # fmt: skip
-        kind = match.key.kind.value
-        response = await self._handle_target(request, match)
-        self.metrics.requests.labels(kind, str(response.status)).inc()
-        self.metrics.duration.labels(kind).observe(time.perf_counter() - started)
-        return response
+        path = request.rel_url.raw_path
+        # The host form (a session's own URL) wins: a session may serve /v1 paths itself.
+        match = None
+        if self.config.domain and request.host:
+            match = match_host(path, request.host, self.config.domain)
+        openai = match is None and is_openai_path(path)
+        if not openai:
+            match = match or match_path(path)
+            if match is None:
+                return error_response(
+                    404, "no target in this URL: use /v1/... (OpenAI-compatible) or "
+                    "/sessions/{namespace}/{name}/... (or /sandboxes/..., /models/...)",
+                )  # fmt: skip
+        kind = TargetKind.MODEL if match is None else match.key.kind
+        code = "499"  # the client went away and the handler was cancelled
+        try:
+            if match is None:
+                response = await self.models.handle_openai(request)
+            elif kind is TargetKind.MODEL:
+                response = await self.models.handle_path(request, match)
+            else:
+                response = await self._handle_target(request, match)
+            code = str(response.status)
+            return response
+        finally:
+            self.metrics.requests.labels(kind.value, code).inc()
+            self.metrics.duration.labels(kind.value).observe(time.perf_counter() - started)
 
     async def _handle_target(self, request: web.Request, match: Match) -> web.StreamResponse:
         key = match.key

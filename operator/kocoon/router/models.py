@@ -1,0 +1,383 @@
+"""The model data path: the OpenAI-compatible endpoint and `/models/{namespace}/{name}/...`.
+
+A request is authorized by who calls (`callers.py`), not by a token of the model's own; it goes
+to the ModelDeployment the body's `model` names in the caller's namespace (or the one in the
+path), to its ready, awake replica with the fewest open requests (`balance.py`). With no such
+replica the request is held while the model wakes (`wake.py`): counted as queued on the
+model's Lease and in the metrics, and answered with SSE comments meanwhile when it asked for a
+stream. Responses pass through chunk by chunk; a client that goes away cancels the handler,
+which closes the connection to the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from kocoon.router.auth import AUTHORIZATION_HEADER, AuthFailure
+from kocoon.router.balance import Balancer
+from kocoon.router.callers import Caller
+from kocoon.router.match import Match
+from kocoon.router.openai_format import (
+    MODELS_PATH,
+    ROUTED_PATHS,
+    OpenAIError,
+    model_entry,
+    model_list,
+    model_not_allowed,
+    model_not_found,
+    parse_request,
+    read_body,
+    unauthorized,
+    unknown_endpoint,
+    wants_stream,
+)
+from kocoon.router.table import Route, TargetKey, TargetKind
+from kocoon.router.wake import HoldRefused, TargetGone
+
+if TYPE_CHECKING:
+    from kocoon.router.proxy import Proxy
+
+KEEPALIVE = b": waiting for model\n\n"
+SSE_MEDIA_TYPE = "text/event-stream"
+CLIENT_CLOSED = "499"  # nginx's code for a client that went away; only in metrics
+
+
+class ModelEndpoint:
+    """Serves model requests for a `Proxy`, with its client, table, waker and tracker."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.balancer = Balancer()
+
+    @property
+    def table(self) -> Any:
+        return self.proxy.table
+
+    # --- entry points ---------------------------------------------------------------------
+
+    async def handle_openai(self, request: web.Request) -> web.StreamResponse:
+        """`/v1/...`: route by the body's `model` within the caller's namespace."""
+        started = time.perf_counter()
+        try:
+            caller = self._caller(request)
+            path = request.rel_url.path
+            if request.method == "GET" and path == MODELS_PATH:
+                return web.json_response(model_list(self._visible(caller)))
+            if request.method == "GET" and path.startswith(MODELS_PATH + "/"):
+                served = path.removeprefix(MODELS_PATH + "/")
+                self._authorize(caller, caller.namespace, served)
+                return web.json_response(model_entry(served, caller.namespace))
+            if request.method != "POST" or path not in ROUTED_PATHS:
+                raise unknown_endpoint(request.method, path)
+            body = await read_body(request, self.proxy.config.max_body_bytes)
+            document = parse_request(body)
+            key = self._authorize(caller, caller.namespace, document["model"])
+        except OpenAIError as error:
+            return error.response()
+        return await self._serve(
+            request, key, body, request.rel_url.raw_path, "", wants_stream(document), started
+        )
+
+    async def handle_path(self, request: web.Request, match: Match) -> web.StreamResponse:
+        """`/models/{namespace}/{name}/...`: the same credentials, the model named by the path."""
+        started = time.perf_counter()
+        key = match.key
+        try:
+            caller = self._caller(request)
+            view = self.table.models.get((key.namespace, key.name))
+            if view is None or caller.namespace != key.namespace:
+                raise OpenAIError(
+                    404, f"The model {key.namespace}/{key.name} does not exist in your namespace",
+                    code="model_not_found",
+                )  # fmt: skip
+            if not caller.may_call(key.namespace, key.name, view.served_name):
+                raise model_not_allowed(view.served_name, self._why_not(caller))
+            body = b""
+            if request.body_exists:
+                body = await read_body(request, self.proxy.config.max_body_bytes)
+        except OpenAIError as error:
+            return error.response()
+        stream = SSE_MEDIA_TYPE in request.headers.get("Accept", "") or _asks_stream(body)
+        query = request.rel_url.raw_query_string
+        path = match.forward_path + (f"?{query}" if query else "")
+        return await self._serve(request, key, body, path, match.prefix, stream, started)
+
+    # --- who may call what ----------------------------------------------------------------
+
+    def _caller(self, request: web.Request) -> Caller:
+        found = self.table.callers.identify(request.headers.get(AUTHORIZATION_HEADER))
+        if isinstance(found, AuthFailure):
+            self.proxy.metrics.auth_failures.labels(found.value).inc()
+            raise unauthorized(found.value)
+        caller: Caller = found
+        return caller
+
+    def _authorize(self, caller: Caller, namespace: str, served: str) -> TargetKey:
+        name = self.table.model_by_served_name(namespace, served)
+        if name is None:
+            raise model_not_found(served)
+        if not caller.may_call(namespace, name, served):
+            raise model_not_allowed(served, self._why_not(caller))
+        return TargetKey(TargetKind.MODEL, namespace, name)
+
+    @staticmethod
+    def _why_not(caller: Caller) -> str:
+        if caller.model_names is not None:
+            listed = ", ".join(sorted(caller.model_names)) or "none"
+            return f"AgentSession {caller.name} lists only these in spec.models: {listed}"
+        listed = ", ".join(sorted(caller.served_names or ())) or "none"
+        return f"API key {caller.name} allows only these models (kocoon.io/models): {listed}"
+
+    def _visible(self, caller: Caller) -> list[dict[str, Any]]:
+        return [
+            model_entry(view.served_name, namespace)
+            for (namespace, name), view in self.table.models.items()
+            if caller.may_call(namespace, name, view.served_name)
+        ]
+
+    # --- serving ----------------------------------------------------------------------------
+
+    async def _serve(
+        self,
+        request: web.Request,
+        key: TargetKey,
+        body: bytes,
+        path: str,
+        prefix: str,
+        stream: bool,
+        started: float,
+    ) -> web.StreamResponse:
+        code = CLIENT_CLOSED
+        try:
+            response = await self._answer(request, key, body, path, prefix, stream, started)
+            code = str(response.status)
+            return response
+        finally:
+            self.proxy.metrics.model_requests.labels(key.namespace, key.name, code).inc()
+
+    async def _answer(
+        self,
+        request: web.Request,
+        key: TargetKey,
+        body: bytes,
+        path: str,
+        prefix: str,
+        stream: bool,
+        started: float,
+    ) -> web.StreamResponse:
+        route = self.table.resolve(key)
+        try:
+            if route is None:
+                raise OpenAIError(
+                    404, f"The model {key.name} no longer exists", code="model_not_found"
+                )
+            if route.unroutable:
+                raise OpenAIError(
+                    503, f"The model {key.name} is {route.phase}; it cannot take requests",
+                    type="server_error", code="model_unavailable",
+                )  # fmt: skip
+            if not route.forwardable:
+                if stream:
+                    return await self._hold_streaming(request, key, body, path, prefix, started)
+                route = await self._hold(key)
+            return await self._forward(request, key, route, body, path, prefix, started)
+        except OpenAIError as error:
+            return error.response()
+
+    # --- holding ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _queued(self, key: TargetKey) -> Iterator[None]:
+        gauge = self.proxy.metrics.model_queued.labels(key.namespace, key.name)
+        self.proxy.tracker.queue(key)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+            self.proxy.tracker.unqueue(key)
+
+    def _enter_hold(self, key: TargetKey) -> Any:
+        try:
+            return self.proxy.waker.hold(key)
+        except HoldRefused as refused:
+            raise OpenAIError(
+                refused.status, str(refused), type="rate_limit_error", code="queue_full",
+                retry_after=refused.retry_after,
+            ) from refused  # fmt: skip
+
+    async def _hold(self, key: TargetKey) -> Route:
+        hold = self._enter_hold(key)
+        with hold, self._queued(key):
+            try:
+                route: Route | None = await hold.wait_ready()
+            except HoldRefused as refused:
+                raise _wake_failed(refused, refused.retry_after) from refused
+            except TargetGone as gone:
+                raise _wake_failed(gone, None) from gone
+        if route is None:
+            raise AssertionError("wait_ready returned no route without a deadline")
+        return route
+
+    async def _hold_streaming(
+        self, request: web.Request, key: TargetKey, body: bytes, path: str, prefix: str,
+        started: float,
+    ) -> web.StreamResponse:  # fmt: skip
+        """`stream: true`: answer 200 now and send SSE comments while the model wakes, then the
+        engine's events in the same response; a failed wait ends it with an error event."""
+        hold = self._enter_hold(key)  # a full queue is still a plain 429
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": SSE_MEDIA_TYPE, "Cache-Control": "no-cache"}
+        )
+        with hold, self._queued(key):
+            await response.prepare(request)
+            await response.write(KEEPALIVE)
+            try:
+                route: Route | None = None
+                while route is None:
+                    route = await hold.wait_ready(self.proxy.config.sse_heartbeat)
+                    if route is None:
+                        await response.write(KEEPALIVE)
+            except (HoldRefused, TargetGone) as error:
+                retry = error.retry_after if isinstance(error, HoldRefused) else None
+                await response.write(_wake_failed(error, retry).sse_event())
+                await response.write_eof()
+                return response
+        return await self._forward(request, key, route, body, path, prefix, started, response)
+
+    # --- forwarding ---------------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        request: web.Request,
+        key: TargetKey,
+        route: Route,
+        body: bytes,
+        path: str,
+        prefix: str,
+        started: float,
+        prepared: web.StreamResponse | None = None,
+    ) -> web.StreamResponse:
+        from kocoon.router.proxy import CONNECT_RETRY_DELAYS, request_headers
+
+        headers = request_headers(
+            request.headers, remote=request.remote, scheme=request.scheme, host=request.host,
+            prefix=prefix,
+        )  # fmt: skip
+        gauge = self.proxy.metrics.model_in_flight.labels(key.namespace, key.name)
+        self.proxy.tracker.begin(key)
+        gauge.inc()
+        failed: str | None = None
+        try:
+            for delay in (*CONNECT_RETRY_DELAYS, None):
+                fresh = self.table.resolve(key)
+                endpoints = fresh.endpoints if fresh is not None else ()
+                if not endpoints:
+                    endpoints = route.endpoints
+                endpoint = self.balancer.pick(endpoints, avoid=failed)
+                try:
+                    with self.balancer.using(endpoint):
+                        async with self.proxy.client.request(
+                            request.method, f"http://{endpoint}{path}", headers=headers,
+                            data=body if body else None, allow_redirects=False,
+                        ) as upstream:  # fmt: skip
+                            return await self._relay(request, key, upstream, started, prepared)
+                except aiohttp.ClientConnectorError:
+                    # Nothing was sent: safe to retry, on another replica when there is one.
+                    failed = endpoint
+                    if delay is None:
+                        raise
+                    await asyncio.sleep(delay)
+            raise AssertionError("unreachable")
+        except (TimeoutError, aiohttp.ClientConnectionError) as error:
+            unreachable = OpenAIError(
+                502, f"The model {key.name}'s replica is unreachable ({error})",
+                type="server_error", code="backend_unreachable",
+            )  # fmt: skip
+            if prepared is None or not prepared.prepared:
+                return unreachable.response()
+            response = prepared
+            with contextlib.suppress(ConnectionError):
+                await response.write(unreachable.sse_event())
+                await response.write_eof()
+            return response
+        finally:
+            gauge.dec()
+            self.proxy.tracker.end(key)
+
+    async def _relay(
+        self,
+        request: web.Request,
+        key: TargetKey,
+        upstream: aiohttp.ClientResponse,
+        started: float,
+        prepared: web.StreamResponse | None,
+    ) -> web.StreamResponse:
+        from kocoon.router.proxy import response_headers
+
+        ttfb = self.proxy.metrics.model_ttfb.labels(key.namespace, key.name)
+        if prepared is not None and upstream.status != 200:
+            # The 200 of a held stream is sent: the engine's error becomes an error event.
+            text = await upstream.read()
+            ttfb.observe(time.perf_counter() - started)
+            await prepared.write(_engine_error(upstream.status, text).sse_event())
+            await prepared.write_eof()
+            return prepared
+        response = prepared
+        if response is None:
+            response = web.StreamResponse(
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=response_headers(upstream.headers),
+            )
+            if upstream.content_length is not None:
+                response.content_length = upstream.content_length
+            await response.prepare(request)
+        first = True
+        async for chunk in upstream.content.iter_any():
+            if first:
+                ttfb.observe(time.perf_counter() - started)
+                first = False
+            await response.write(chunk)
+        if first:
+            ttfb.observe(time.perf_counter() - started)
+        await response.write_eof()
+        return response
+
+
+def _asks_stream(body: bytes) -> bool:
+    if not body.lstrip().startswith(b"{"):
+        return False
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(document, dict) and wants_stream(document)
+
+
+def _wake_failed(error: Exception, retry_after: int | None) -> OpenAIError:
+    return OpenAIError(
+        503, str(error), type="server_error",
+        code="model_wake_timeout" if retry_after is not None else "model_unavailable",
+        retry_after=retry_after,
+    )  # fmt: skip
+
+
+def _engine_error(status: int, text: bytes) -> OpenAIError:
+    try:
+        error = json.loads(text).get("error")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        error = None
+    message = error.get("message") if isinstance(error, dict) else None
+    return OpenAIError(
+        status, str(message or f"the model's engine answered {status}"),
+        type="server_error", code="engine_error",
+    )  # fmt: skip
