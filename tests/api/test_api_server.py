@@ -290,6 +290,30 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
         "spec.wakeStrategy",
     ),
     ("md-zero-max", model(scaling={"maxReplicas": 0}), "spec.scaling.maxReplicas"),
+    ("md-gs-uri", model(model={"uri": "gs://bucket/m"}), "spec.model.uri"),
+    ("md-bad-pvc-uri", model(model={"uri": "pvc://Not_A_Claim/m"}), "spec.model.uri"),
+    ("md-bad-hf-uri", model(model={"uri": "hf://just-a-name"}), "spec.model.uri"),
+    ("md-s3-without-endpoint", model(model={"uri": "s3://bucket/key"}), "spec.model.s3"),
+    (
+        "md-s3-bad-endpoint",
+        model(
+            model={
+                "uri": "s3://bucket/key",
+                "s3": {"endpoint": "ftp://s3", "credentialsSecretRef": {"name": "c"}},
+            }
+        ),
+        "spec.model.s3.endpoint",
+    ),
+    (
+        "md-revision-on-pvc",
+        model(model={"uri": "pvc://c/p", "revision": "main"}),
+        "spec.model.revision",
+    ),
+    (
+        "md-path-escapes",
+        model(model={"uri": "oci://img:1", "path": "a/../../etc"}),
+        "spec.model.path",
+    ),
     (
         "md-checkpoint-mig",
         model(gpu={"mode": "mig", "profile": "1g.10gb"}, wakeStrategy="checkpoint"),
@@ -354,9 +378,9 @@ def test_immutable_field_cannot_change(
 
 def test_examples_are_accepted(admission: Any) -> None:
     result = admission.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples"))
-    assert result.stdout.count("created") + result.stdout.count("configured") == 4
+    assert result.stdout.count("created") + result.stdout.count("configured") == 5
     listed = admission.kubectl("get", "kocoon", "-n", NAMESPACE, "-o", "name").stdout.split()
-    assert len(listed) == 4
+    assert len(listed) == 5
     admission.kubectl("delete", "-n", NAMESPACE, "-f", str(ROOT / "examples"))
 
 
@@ -404,6 +428,24 @@ def test_mutation_picks_memory_and_gpu_runtime_from_configuration(admission: Any
     gpu = _created(admission, _set(sandbox(gpu={"mode": "wholeGPU"}), "metadata.name", "gpu"))
     assert gpu["spec"]["runtimeClassName"] == "kata-qemu-nvidia-gpu"
     assert gpu["spec"]["hibernation"] == "filesystem"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"engine": {"type": "llamacpp"}, "wakeStrategy": "engineSleep"},
+        {"engine": {"type": "sglang"}, "wakeStrategy": "engineSleep"},
+        {"engine": {"type": "llamacpp"}, "wakeStrategy": "checkpoint", "runtimeClassName": "runc"},
+        {"model": {"uri": "s3://bucket/models/", "s3": {
+            "endpoint": "http://s3.storage:9000", "credentialsSecretRef": {"name": "c"}}}},
+        {"model": {"uri": "oci://kocoon.local/smollm2:local", "path": "models/m.gguf"}},
+        {"model": {"uri": "pvc://weights/llama"}},
+    ],
+    ids=["sleep-llamacpp", "sleep-sglang", "checkpoint-llamacpp", "s3", "oci", "pvc"],
+)  # fmt: skip
+def test_model_combinations_that_work_are_accepted(admission: Any, spec: dict[str, Any]) -> None:
+    result = server_create(admission, model(**spec))
+    assert result.returncode == 0, result.stderr
 
 
 def test_mutation_of_session_template_and_model(admission: Any) -> None:

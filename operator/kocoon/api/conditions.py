@@ -18,7 +18,12 @@ class ConditionType(StrEnum):
     MODEL_CACHED = "ModelCached"
     EXPIRED = "Expired"
     PREVIOUS_TOKEN_ACCEPTED = "PreviousTokenAccepted"
+    CHILDREN_READY = "ChildrenReady"
     MODELS_AVAILABLE = "ModelsAvailable"
+    # ModelDeployment: whether the model source can be read, and whether the wake strategy
+    # can work where the replicas run.
+    MODEL_SOURCE_READY = "ModelSourceReady"
+    WAKE_STRATEGY_AVAILABLE = "WakeStrategyAvailable"
 
 
 class Reason(StrEnum):
@@ -32,6 +37,13 @@ class Reason(StrEnum):
     SANDBOX_WAKING = "SandboxWaking"
     SANDBOX_EXPIRED = "SandboxExpired"
     RECONCILER_ERROR = "ReconcilerError"
+    POD_FAILED = "PodFailed"
+    SANDBOX_TERMINATING = "SandboxTerminating"
+    # ChildrenReady
+    CHILDREN_APPLIED = "ChildrenApplied"
+    CHILD_APPLY_FAILED = "ChildApplyFailed"
+    # Deletion: the cleanup gave up after bounded retries
+    CLEANUP_ABANDONED = "CleanupAbandoned"
     REPLICAS_READY = "ReplicasReady"
     SCALED_TO_ZERO = "ScaledToZero"
     # Hibernated
@@ -67,6 +79,21 @@ class Reason(StrEnum):
     # ModelsAvailable (AgentSession)
     MODELS_FOUND = "ModelsFound"
     MODEL_NOT_FOUND = "ModelNotFound"
+    # Ready (ModelDeployment), besides ReplicasReady and ScaledToZero
+    REPLICAS_LOADING = "ReplicasLoading"
+    REPLICAS_WAKING = "ReplicasWaking"
+    REPLICA_FAILED = "ReplicaFailed"
+    # PodScheduled (ModelDeployment), besides PodScheduled and Unschedulable
+    NO_NODE_OFFERS_SLICE = "NoNodeOffersSlice"
+    # ModelSourceReady
+    MODEL_SOURCE_VALID = "ModelSourceValid"
+    MODEL_SOURCE_INVALID = "ModelSourceInvalid"
+    MODEL_SOURCE_NOT_FOUND = "ModelSourceNotFound"
+    CACHE_TOO_SMALL = "CacheTooSmall"
+    # WakeStrategyAvailable
+    WAKE_STRATEGY_SUPPORTED = "WakeStrategySupported"
+    WAKE_STRATEGY_UNSUPPORTED = "WakeStrategyUnsupported"
+    CUDA_CHECKPOINT_MISSING = "CudaCheckpointMissing"
 
 
 class SandboxPhase(StrEnum):
