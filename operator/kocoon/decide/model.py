@@ -1,0 +1,629 @@
+"""The ModelDeployment life, decided purely: (spec, replica pods, demand, last status, now) →
+how many replicas, which pods to create or delete, the phase and what status says.
+
+The controller gathers the inputs from its watch caches and carries out the decision; every
+rule lives here, so the whole life is tested without a cluster. A decision is level-based:
+it names the pods that should exist (`kocoon-model-<name>-<i>`, i < desired), so running it
+again after an operator restart converges on the same replicas and never starts a second
+pod for an index.
+
+    Pending ─► Loading ─► Ready ─(idle for scaleDownDelay, minReplicas 0)─► ScaledToZero
+                  ▲                                                           │
+                  └───────────── Waking ◄─(a request: wake or held demand)───┘
+    any ─(a replica fails again after MAX_REPLACEMENTS replacements)─► Failed
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from kocoon import contract
+from kocoon.api.conditions import ConditionType, ModelPhase, Reason
+from kocoon.api.model import ModelDeploymentSpec
+from kocoon.status import ConditionUpdate
+
+# A replica whose engine container restarted this often and is backing off is crash-looping:
+# it is replaced by a new pod instead of waiting for the kubelet's ever longer back-off.
+CRASH_LOOP_RESTARTS = 3
+# Replacements of failed replicas in a row (reset when every replica is ready, or by a spec
+# change) before the deployment is Failed and the router stops holding requests for it.
+MAX_REPLACEMENTS = 3
+# Usage is written on a transition, else at most this often while replicas run.
+ACCOUNTING_STEP_SECONDS = 60.0
+# Waiting on a pod that is being deleted (its index is needed again).
+DELETING_POLL_SECONDS = 1.0
+# Container states that a new pod would not cure: reported, not replaced.
+STUCK_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """What the controller reads from one replica pod."""
+
+    name: str
+    index: int
+    uid: str
+    phase: str = "Pending"
+    ready: bool = False
+    ip: str | None = None
+    node: str | None = None
+    deleting: bool = False
+    # The scheduler's message when it cannot place the pod (PodScheduled=False/Unschedulable).
+    unschedulable: str | None = None
+    # The engine container: restarts, why it waits (CrashLoopBackOff, ImagePullBackOff...),
+    # and how it last ended (Error, OOMKilled, exit code, message).
+    restarts: int = 0
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    last_exit: str | None = None
+    # Pod-level failure (phase Failed: evicted, or the engine exited for good).
+    failed_reason: str | None = None
+    # The pod template the replica was built from; a different one is replaced.
+    template_hash: str | None = None
+
+    @property
+    def address(self) -> str | None:
+        return f"{self.ip}:{contract.ENGINE_PORT}" if self.ip else None
+
+    @property
+    def scheduled(self) -> bool:
+        return self.node is not None and self.unschedulable is None
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What the router reports on the model's activity Lease."""
+
+    in_flight: int = 0
+    queued: int = 0
+    last_request: datetime | None = None
+    wake_requested_at: datetime | None = None
+    # A count the router stopped renewing (it died mid-request) stops counting after this.
+    in_flight_valid_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Metering: replica-seconds and GPU-seconds, counted up to `accounted_until`."""
+
+    replica_seconds: float = 0.0
+    gpu_seconds: float = 0.0
+    accounted_until: datetime | None = None
+    wake_count: int = 0
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What the last status written says (the controller's memory lives in status)."""
+
+    phase: ModelPhase | None = None
+    phase_since: datetime | None = None
+    observed_generation: int | None = None
+    # The replica count the last decision wanted, and since when demand has wanted fewer.
+    desired: int | None = None
+    lower_demand_since: datetime | None = None
+    # Failed replicas replaced in a row.
+    failures: int = 0
+    # Replicas with an address at the last write: what the time since then is billed for.
+    billed_replicas: int = 0
+    usage: Usage = Usage()
+
+
+@dataclass(frozen=True)
+class Observed:
+    name: str
+    spec: ModelDeploymentSpec
+    generation: int
+    replicas: tuple[Replica, ...]
+    demand: Demand
+    previous: Previous
+    now: datetime
+    # Hash of the pod template the spec builds now ("" when unknown: never replace for it).
+    template_hash: str = ""
+    # Why a `checkpoint` wake cannot work here (no agent, no driver, a GPU without
+    # cuda-checkpoint), or None when it can: replicas then wake cold and a condition says why.
+    checkpoint_unavailable: str | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One replica as the router sees it (`status.backends[]`)."""
+
+    pod: str
+    address: str
+    ready: bool
+    sleeping: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    phase: ModelPhase
+    desired: int
+    create: tuple[int, ...] = ()
+    delete: tuple[Replica, ...] = ()
+    conditions: tuple[ConditionUpdate, ...] = ()
+    backends: tuple[Backend, ...] = ()
+    # status.replicas (pods that exist and are not going away) and status.readyReplicas.
+    replicas: int = 0
+    ready_replicas: int = 0
+    usage: Usage = Usage()
+    # Whether `usage` moved (a transition, or a minute passed): only then is it written.
+    usage_changed: bool = False
+    phase_since: datetime | None = None
+    lower_demand_since: datetime | None = None
+    failures: int = 0
+    clear_wake_request: bool = False
+    # Set on the decision that ends a wake from zero: seconds from Waking to a ready replica.
+    wake_latency_seconds: float | None = None
+    # Why something happened, for an Event and the log (None: nothing worth one).
+    reason: Reason | None = None
+    message: str = ""
+    warning: bool = False
+    requeue_after: float | None = None
+    extra_events: tuple[tuple[Reason, str], ...] = field(default_factory=tuple)
+
+
+# --- demand and the built-in autoscaler --------------------------------------------------------
+
+
+def in_flight(observed: Observed) -> int:
+    demand = observed.demand
+    until = demand.in_flight_valid_until
+    if demand.in_flight <= 0 or (until is not None and observed.now > until):
+        return 0
+    return demand.in_flight
+
+
+def load(observed: Observed) -> int:
+    """Requests the replicas must carry now: in flight plus held by the router."""
+    return in_flight(observed) + max(0, observed.demand.queued)
+
+
+def wanted_now(observed: Observed) -> int:
+    """The autoscaler's answer for this moment alone: ceil(load / target) within bounds, and
+    at least one while a wake is requested or requests are held or running."""
+    scaling = observed.spec.scaling
+    demand = load(observed)
+    want = math.ceil(demand / scaling.target_concurrency)
+    if demand > 0 or observed.demand.wake_requested_at is not None:
+        want = max(want, 1)
+    return min(max(want, min_replicas(observed.spec)), scaling.max_replicas)
+
+
+def min_replicas(spec: ModelDeploymentSpec) -> int:
+    """`scaling.minReplicas`; with `engineSleep` at least one: the replica stays and its
+    engine sleeps instead of the deployment scaling to zero."""
+    if spec.wake_strategy == "engineSleep":
+        return max(1, spec.scaling.min_replicas)
+    return spec.scaling.min_replicas
+
+
+@dataclass(frozen=True)
+class Scale:
+    desired: int
+    lower_demand_since: datetime | None = None
+    due: datetime | None = None  # when a pending scale-down happens
+    source: str = "autoscaler"
+
+
+def desired_replicas(observed: Observed) -> Scale:
+    """`spec.replicas` when set (kubectl scale, an HPA, KEDA); else the built-in autoscaler,
+    which scales up at once and down only after `scaleDownDelay` of lower demand."""
+    spec = observed.spec
+    if spec.replicas is not None:
+        return Scale(spec.replicas, source="spec.replicas")
+    scaling = spec.scaling
+    previous = observed.previous
+    current = previous.desired
+    if current is None:  # first decision: what exists is what was wanted
+        current = len({r.index for r in observed.replicas if not r.deleting})
+    current = min(max(current, min_replicas(spec)), scaling.max_replicas)
+    want = wanted_now(observed)
+    if want >= current:
+        return Scale(want)
+    since = previous.lower_demand_since or observed.now
+    idle_from = since
+    last = observed.demand.last_request
+    if want == 0 and last is not None and last > idle_from:
+        idle_from = last  # to zero only after scaleDownDelay without any request
+    due = idle_from + scaling.scale_down_delay
+    if observed.now >= due:
+        return Scale(want)
+    return Scale(current, lower_demand_since=since, due=due)
+
+
+# --- replica health ------------------------------------------------------------------------
+
+
+def broken(replica: Replica) -> str | None:
+    """Why a replica must be replaced (failed or crash-looping), or None."""
+    if replica.phase == "Failed":
+        why = replica.failed_reason or replica.last_exit or "the pod failed"
+        return f"pod {replica.name} failed: {why}"
+    if replica.waiting_reason == "CrashLoopBackOff" and replica.restarts >= CRASH_LOOP_RESTARTS:
+        exit_info = f" (last exit: {replica.last_exit})" if replica.last_exit else ""
+        return (
+            f"engine container of {replica.name} is crash-looping after"
+            f" {replica.restarts} restarts{exit_info}"
+        )
+    return None
+
+
+def stuck(replica: Replica) -> str | None:
+    """Why a replica cannot start in a way a new pod would not cure (its image), or None."""
+    if replica.waiting_reason in STUCK_WAITING_REASONS:
+        detail = f": {replica.waiting_message}" if replica.waiting_message else ""
+        return f"{replica.name}: {replica.waiting_reason}{detail}"
+    return None
+
+
+def replica_name(model: str, index: int) -> str:
+    return f"kocoon-model-{model}-{index}"
+
+
+# --- the decision --------------------------------------------------------------------------
+
+
+def decide(observed: Observed) -> Decision:
+    previous = observed.previous
+    generation_changed = (
+        previous.observed_generation is not None
+        and previous.observed_generation != observed.generation
+    )
+    failures = 0 if generation_changed else previous.failures
+    scale = desired_replicas(observed)
+    desired = scale.desired
+    live = [r for r in observed.replicas if not r.deleting]
+    failing = [(r, why) for r in live if r.index < desired and (why := broken(r))]
+
+    if failing and failures >= MAX_REPLACEMENTS:
+        if not any(r.ready and r.ip for r in live):
+            return _failed(observed, scale, live, failing, failures)
+        # Others still serve: keep them, and keep the failed one for its logs, unreplaced.
+        failing = []
+
+    delete: list[Replica] = [r for r, _ in failing]
+    failures += len(failing)
+    delete += [r for r in live if r.index >= desired]
+    delete += _outdated(observed, live, desired, delete)
+    staying = [r for r in live if r not in delete]
+    # An index whose pod still exists (even one going away) is not created again yet: the
+    # name is the same, and a create would only answer 409.
+    taken = {r.index for r in observed.replicas}
+    create = tuple(i for i in range(desired) if i not in taken)
+    waiting_on_deleting = any(r.deleting and r.index < desired for r in observed.replicas) or any(
+        r.index < desired for r in delete
+    )
+
+    ready = [r for r in staying if r.ready and r.ip]
+    if ready and len(ready) >= desired and not failing:
+        failures = 0
+    phase = _phase(observed, desired, staying, ready)
+    conditions = _conditions(observed, phase, desired, staying, ready, scale)
+    wake_latency, wake_count = None, previous.usage.wake_count
+    if previous.phase is ModelPhase.WAKING and ready:
+        since = previous.phase_since or observed.now
+        wake_latency = round(max(0.0, (observed.now - since).total_seconds()), 3)
+        wake_count += 1
+    billed = sum(1 for r in staying if r.address)
+    usage, usage_changed = account(observed, phase, billed)
+    usage = replace(usage, wake_count=wake_count)
+    reason, message, warning, extra = _events(observed, phase, failing, ready, wake_latency)
+    return Decision(
+        phase=phase,
+        desired=desired,
+        create=create,
+        delete=tuple(delete),
+        conditions=conditions,
+        backends=backends(staying),
+        replicas=len(staying) + len(create),
+        ready_replicas=len(ready),
+        usage=usage,
+        usage_changed=usage_changed or wake_latency is not None,
+        phase_since=observed.now if phase != previous.phase else previous.phase_since,
+        lower_demand_since=scale.lower_demand_since,
+        failures=failures,
+        clear_wake_request=observed.demand.wake_requested_at is not None
+        and (bool(ready) or (observed.spec.replicas == 0)),
+        wake_latency_seconds=wake_latency,
+        reason=reason,
+        message=message,
+        warning=warning,
+        requeue_after=_requeue(observed, scale, billed, waiting_on_deleting),
+        extra_events=extra,
+    )
+
+
+def _outdated(
+    observed: Observed, live: list[Replica], desired: int, deleting: list[Replica]
+) -> list[Replica]:
+    """Replicas built from an older template: not-ready ones go at once; ready ones one at a
+    time, and only while every other wanted replica is ready on the new template."""
+    wanted = observed.template_hash
+    if not wanted:
+        return []
+    old = [
+        r
+        for r in live
+        if r.index < desired and r not in deleting and r.template_hash not in (None, wanted)
+    ]
+    out = [r for r in old if not r.ready]
+    serving_old = [r for r in old if r.ready]
+    if serving_old and not out:
+        current = [r for r in live if r.index < desired and r.template_hash == wanted and r.ready]
+        if len(current) >= desired - len(serving_old):
+            out.append(serving_old[0])
+    return out
+
+
+def _phase(
+    observed: Observed, desired: int, staying: list[Replica], ready: list[Replica]
+) -> ModelPhase:
+    if desired == 0:
+        return ModelPhase.SCALED_TO_ZERO
+    if ready:
+        return ModelPhase.READY if len(ready) >= desired else ModelPhase.LOADING
+    if observed.previous.phase in (ModelPhase.SCALED_TO_ZERO, ModelPhase.WAKING):
+        return ModelPhase.WAKING
+    if any(r.scheduled for r in staying):
+        return ModelPhase.LOADING
+    return ModelPhase.PENDING
+
+
+def _conditions(
+    observed: Observed,
+    phase: ModelPhase,
+    desired: int,
+    staying: list[Replica],
+    ready: list[Replica],
+    scale: Scale,
+) -> tuple[ConditionUpdate, ...]:
+    updates = [_ready_condition(observed, phase, desired, staying, ready)]
+    unschedulable = [r for r in staying if r.unschedulable]
+    if unschedulable:
+        first = unschedulable[0]
+        updates.append(
+            ConditionUpdate(
+                ConditionType.POD_SCHEDULED,
+                False,
+                Reason.NO_NODE_OFFERS_SLICE if observed.spec.gpu else Reason.UNSCHEDULABLE,
+                f"{first.name}: {first.unschedulable}{_gpu_hint(observed)}",
+            )
+        )
+    elif staying:
+        updates.append(ConditionUpdate(ConditionType.POD_SCHEDULED, True, Reason.POD_SCHEDULED))
+    else:
+        updates.append(
+            ConditionUpdate(
+                ConditionType.POD_SCHEDULED, True, Reason.SCALED_TO_ZERO, "no replicas to place"
+            )
+        )
+    updates.append(wake_strategy_condition(observed))
+    return tuple(updates)
+
+
+def _gpu_hint(observed: Observed) -> str:
+    gpu = observed.spec.gpu
+    if gpu is None:
+        return ""
+    if gpu.mode == "mig":
+        return f" (gpu: {gpu.count} of MIG profile {gpu.profile}; no node offers it free)"
+    return f" (gpu: {gpu.count} of {gpu.mode})"
+
+
+def _ready_condition(
+    observed: Observed,
+    phase: ModelPhase,
+    desired: int,
+    staying: list[Replica],
+    ready: list[Replica],
+) -> ConditionUpdate:
+    if ready:
+        return ConditionUpdate(
+            ConditionType.READY,
+            True,
+            Reason.REPLICAS_READY,
+            f"{len(ready)} of {desired} replicas ready",
+        )
+    if phase is ModelPhase.SCALED_TO_ZERO:
+        why = (
+            "spec.replicas is 0"
+            if observed.spec.replicas == 0
+            else "scaled to zero; the next request wakes it"
+        )
+        return ConditionUpdate(ConditionType.READY, False, Reason.SCALED_TO_ZERO, why)
+    for replica in staying:
+        problem = stuck(replica)
+        if problem:
+            return ConditionUpdate(ConditionType.READY, False, Reason.REPLICA_FAILED, problem)
+    if any(r.unschedulable for r in staying):
+        return ConditionUpdate(
+            ConditionType.READY, False, Reason.UNSCHEDULABLE, "no node can run a replica"
+        )
+    if phase is ModelPhase.WAKING:
+        return ConditionUpdate(
+            ConditionType.READY, False, Reason.REPLICAS_WAKING, _wake_message(observed)
+        )
+    if any(r.scheduled for r in staying):
+        return ConditionUpdate(
+            ConditionType.READY, False, Reason.REPLICAS_LOADING, "the engine is loading the model"
+        )
+    return ConditionUpdate(ConditionType.READY, False, Reason.POD_PENDING, "creating replicas")
+
+
+def _wake_message(observed: Observed) -> str:
+    if observed.demand.wake_requested_at is not None or load(observed):
+        return f"waking ({observed.spec.wake_strategy}): a request arrived"
+    return f"waking ({observed.spec.wake_strategy})"
+
+
+def wake_strategy_condition(observed: Observed) -> ConditionUpdate:
+    """Whether the wake strategy asked for works here, and what a wake does instead if not."""
+    spec = observed.spec
+    strategy = spec.wake_strategy
+    kind = ConditionType.WAKE_STRATEGY_AVAILABLE
+    if strategy == "engineSleep":
+        if spec.engine.type == "llamacpp":
+            return ConditionUpdate(
+                kind,
+                True,
+                Reason.WAKE_STRATEGY_SUPPORTED,
+                "engineSleep: replicas stay; llama-server unloads the model when idle"
+                " (--sleep-idle-seconds) and reloads it on the next request",
+            )
+        return ConditionUpdate(
+            kind,
+            False,
+            Reason.WAKE_STRATEGY_UNSUPPORTED,
+            f"engineSleep for {spec.engine.type}: this operator does not put the engine to"
+            " sleep yet; replicas stay awake (at least one)",
+        )
+    if strategy == "checkpoint":
+        if observed.checkpoint_unavailable is None:
+            return ConditionUpdate(
+                kind,
+                True,
+                Reason.WAKE_STRATEGY_SUPPORTED,
+                "checkpoint: a warm replica is checkpointed before scaling to zero and restored"
+                " on wake",
+            )
+        reason = (
+            Reason.CUDA_CHECKPOINT_MISSING
+            if spec.gpu is not None and "cuda-checkpoint" in observed.checkpoint_unavailable
+            else Reason.WAKE_STRATEGY_UNSUPPORTED
+        )
+        return ConditionUpdate(
+            kind,
+            False,
+            reason,
+            f"checkpoint: {observed.checkpoint_unavailable}; replicas wake cold (coldStart)",
+        )
+    return ConditionUpdate(
+        kind, True, Reason.WAKE_STRATEGY_SUPPORTED, "coldStart: a wake starts the engine"
+    )
+
+
+def _failed(
+    observed: Observed,
+    scale: Scale,
+    live: list[Replica],
+    failing: list[tuple[Replica, str]],
+    failures: int,
+) -> Decision:
+    """Replaced too often: stop replacing, keep the failed pod for its logs, say why."""
+    why = failing[0][1]
+    message = f"{why}; replaced {failures} times, giving up until the spec changes"
+    surplus = tuple(r for r in live if r.index >= scale.desired)
+    staying = [r for r in live if r not in surplus]
+    previous = observed.previous
+    billed = sum(1 for r in staying if r.address)
+    usage, usage_changed = account(observed, ModelPhase.FAILED, billed)
+    changed = previous.phase is not ModelPhase.FAILED
+    return Decision(
+        phase=ModelPhase.FAILED,
+        desired=scale.desired,
+        delete=surplus,
+        conditions=(
+            ConditionUpdate(ConditionType.READY, False, Reason.REPLICA_FAILED, message),
+            wake_strategy_condition(observed),
+        ),
+        backends=backends(staying),
+        replicas=len(staying),
+        ready_replicas=sum(1 for r in staying if r.ready and r.ip),
+        usage=replace(usage, wake_count=previous.usage.wake_count),
+        usage_changed=usage_changed,
+        phase_since=observed.now if changed else previous.phase_since,
+        lower_demand_since=scale.lower_demand_since,
+        failures=failures,
+        clear_wake_request=observed.demand.wake_requested_at is not None,
+        reason=Reason.REPLICA_FAILED if changed else None,
+        message=message,
+        warning=True,
+        requeue_after=_requeue(observed, scale, billed, False),
+    )
+
+
+def backends(staying: list[Replica]) -> tuple[Backend, ...]:
+    """Every replica with an address, by index; `ready` says whether to send it requests."""
+    return tuple(
+        Backend(pod=r.name, address=r.address, ready=r.ready)
+        for r in sorted(staying, key=lambda r: r.index)
+        if r.address
+    )
+
+
+def account(observed: Observed, phase: ModelPhase, billed_now: int) -> tuple[Usage, bool]:
+    """Add the time since the last accounting, times the replicas billed then; written on a
+    transition (phase or replica count) and otherwise at most once a minute."""
+    previous = observed.previous
+    usage = previous.usage
+    now = observed.now
+    if usage.accounted_until is None:
+        return replace(usage, accounted_until=now), True
+    elapsed = max(0.0, (now - usage.accounted_until).total_seconds())
+    transition = phase != previous.phase or billed_now != previous.billed_replicas
+    if not transition and elapsed < ACCOUNTING_STEP_SECONDS:
+        return usage, False
+    gpu = observed.spec.gpu
+    gpu_per_replica = gpu.count if gpu is not None else 0
+    replica_seconds = elapsed * previous.billed_replicas
+    return (
+        replace(
+            usage,
+            replica_seconds=round(usage.replica_seconds + replica_seconds, 3),
+            gpu_seconds=round(usage.gpu_seconds + replica_seconds * gpu_per_replica, 3),
+            accounted_until=now,
+        ),
+        True,
+    )
+
+
+def _events(
+    observed: Observed,
+    phase: ModelPhase,
+    failing: list[tuple[Replica, str]],
+    ready: list[Replica],
+    wake_latency: float | None,
+) -> tuple[Reason | None, str, bool, tuple[tuple[Reason, str], ...]]:
+    extra = tuple((Reason.REPLICA_FAILED, f"replacing: {why}") for _, why in failing)
+    previous = observed.previous.phase
+    if phase == previous:
+        return None, "", False, extra
+    if phase is ModelPhase.SCALED_TO_ZERO:
+        return Reason.SCALED_TO_ZERO, "scaled to zero", False, extra
+    if phase is ModelPhase.WAKING:
+        return Reason.REPLICAS_WAKING, _wake_message(observed), False, extra
+    if phase is ModelPhase.READY:
+        if wake_latency is not None:
+            return Reason.REPLICAS_READY, f"woke in {wake_latency:.3f} s", False, extra
+        return Reason.REPLICAS_READY, f"{len(ready)} replicas ready", False, extra
+    return None, "", False, extra
+
+
+def _requeue(
+    observed: Observed, scale: Scale, billed: int, waiting_on_deleting: bool
+) -> float | None:
+    candidates: list[float] = []
+    now = observed.now
+    if scale.due is not None:
+        candidates.append((scale.due - now).total_seconds())
+    if billed or observed.previous.billed_replicas:
+        candidates.append(ACCOUNTING_STEP_SECONDS)
+    if waiting_on_deleting:
+        candidates.append(DELETING_POLL_SECONDS)
+    until = observed.demand.in_flight_valid_until
+    if observed.demand.in_flight > 0 and until is not None and until > now:
+        candidates.append((until - now).total_seconds())
+    if not candidates:
+        return None
+    return max(0.1, min(candidates))
