@@ -24,7 +24,7 @@ from kocoon.api.common import (
     list_map,
 )
 from kocoon.api.conditions import ModelPhase
-from kocoon.api.sandbox import EnvVar, Resources
+from kocoon.api.sandbox import Checkpoint, EnvVar, Resources
 
 MODEL_URI_PATTERN = r"^(hf|pvc|s3|oci)://[^\s]+$"
 # One shape per scheme; the CEL rules and the pydantic validator below use the same patterns.
@@ -361,6 +361,18 @@ class ModelDeploymentStatus(KocoonModel):
     """From the wake decision to the first ready replica, for the last wake from zero."""
     usage: ModelUsage | None = None
     """Replica time and GPU time, for metering."""
+    phase_since: datetime | None = None
+    """When the deployment entered its current phase (a wake's latency counts from Waking)."""
+    desired_replicas: Annotated[int, Field(ge=0)] | None = None
+    """Replicas wanted now: `spec.replicas` when set, else the built-in autoscaler's count."""
+    lower_demand_since: datetime | None = None
+    """Since when demand has wanted fewer replicas than `desiredReplicas`; they scale down
+    `scaling.scaleDownDelay` after it (and after the last request, to zero)."""
+    restarts: Annotated[int, Field(ge=0)] | None = None
+    """Failed or crash-looping replicas replaced in a row; at 3 the deployment is Failed until
+    its spec changes."""
+    checkpoint: Checkpoint | None = None
+    """The memory checkpoint of a warm replica a `checkpoint` wake restores, if any."""
 
 
 class ModelDeployment(KocoonModel):
