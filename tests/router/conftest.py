@@ -64,6 +64,7 @@ async def start_router(
         proxy_config=ProxyConfig(
             domain="kocoon.test",
             sse_heartbeat=float(str(options.get("sse_heartbeat", 0.1))),
+            max_body_bytes=int(str(options.get("max_body_bytes", 1024 * 1024))),
         ),
         wake_config=wake_config,
         activity_interval=float(str(options.get("activity_interval", 5.0))),

@@ -106,3 +106,63 @@ def test_wake_is_needed_only_when_not_already_requested() -> None:
         kube.TARGET_KIND_LABEL: "sandbox",
         kube.TARGET_NAME_LABEL: "b",
     }
+
+
+def test_model_status_becomes_backends_with_ready_and_sleeping() -> None:
+    model = {
+        "metadata": {"namespace": "ns", "name": "chat"},
+        "spec": {"route": {"servedModelName": "from-spec"}},
+        "status": {
+            "phase": "Ready",
+            "servedModelName": "smollm2",
+            "backends": [
+                {"pod": "chat-0", "address": "10.0.0.5:8000", "ready": True, "sleeping": False},
+                {"pod": "chat-1", "address": "10.0.0.6:8000", "ready": True, "sleeping": True},
+                {"pod": "chat-2", "address": "10.0.0.7:8000", "ready": False},
+                {"pod": "chat-3"},  # no address yet: not a backend
+            ],
+        },
+    }
+    view = kube.model_view(model)
+    assert (view.phase, view.served_name) == ("Ready", "smollm2")
+    assert view.endpoints == ("10.0.0.5:8000",)  # ready and awake only
+    assert [b.pod for b in view.backends] == ["chat-0", "chat-1", "chat-2"]
+    del model["status"]["servedModelName"]  # type: ignore[attr-defined]
+    assert kube.served_name(model) == "from-spec"
+    del model["spec"]
+    assert kube.served_name(model) == "chat"
+    table = RoutingTable()
+    kube.apply_event(table, TargetKind.MODEL, "ADDED", model)
+    assert table.model_by_served_name("ns", "chat") == "chat"
+    route = table.resolve(TargetKey(TargetKind.MODEL, "ns", "chat"))
+    assert route is not None
+    assert route.forwardable
+    kube.apply_event(table, TargetKind.MODEL, "DELETED", model)
+    assert table.model_by_served_name("ns", "chat") is None
+
+
+@pytest.mark.parametrize("kind", [TargetKind.SANDBOX, TargetKind.SESSION, TargetKind.MODEL])
+def test_an_object_being_deleted_is_terminating_and_unroutable(kind: TargetKind) -> None:
+    obj = sandbox("x", phase="Running", conditions=READY, podIP="10.0.0.7", port=8080)
+    obj["metadata"]["deletionTimestamp"] = "2026-12-04T00:00:00Z"  # type: ignore[index]
+    table = RoutingTable()
+    kube.apply_event(table, kind, "MODIFIED", obj)
+    route = table.resolve(TargetKey(kind, "ns", "x"))
+    assert route is not None
+    assert route.phase == "Terminating"
+    assert route.unroutable
+
+
+def test_model_renewals_carry_the_queued_count() -> None:
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    snapshot = ActivitySnapshot(1, now.timestamp(), queued=3)
+    patch = kube.renewal_patch(snapshot, "router-0", now, 5.0, with_queue=True)
+    annotations = patch["metadata"]["annotations"]
+    assert annotations[kube.QUEUED_ANNOTATION] == "3"
+    assert annotations[kube.IN_FLIGHT_ANNOTATION] == "1"
+    assert (
+        kube.QUEUED_ANNOTATION
+        not in kube.renewal_patch(snapshot, "r", now, 5.0)["metadata"]["annotations"]
+    )
+    key = TargetKey(TargetKind.MODEL, "ns", "chat")
+    assert kube.lease_name(key) == "kocoon-activity-modeldeployment-chat"

@@ -407,3 +407,33 @@ async def test_a_backend_that_never_listens_is_a_502(
     add_session(router.table, "dead", Backend("127.0.0.4", free_port()), TOKEN)
     async with http.get(session_url(router, "dead"), headers=bearer(TOKEN)) as response:
         assert response.status == 502
+
+
+@pytest.mark.parametrize("kind", [TargetKind.SESSION, TargetKind.SANDBOX])
+@pytest.mark.parametrize("state", ["Failed", "deleting"])
+async def test_failed_or_terminating_targets_are_answered_at_once_not_held(
+    router: RunningRouter,
+    backend: Backend,
+    http: aiohttp.ClientSession,
+    kind: TargetKind,
+    state: str,
+) -> None:
+    from kocoon.router import kube
+
+    add_session(router.table, "gone", backend, TOKEN, awake=False)  # the token Secret
+    metadata: dict[str, object] = {"namespace": NAMESPACE, "name": "gone"}
+    status: dict[str, object] = {"phase": "Hibernated", "tokenSecretRef": {"name": "gone-token"}}
+    if state == "Failed":
+        status["phase"] = "Failed"
+    else:  # the operator never writes Terminating: a deletionTimestamp is the fact
+        metadata["deletionTimestamp"] = "2026-12-04T00:00:00Z"
+    kube.apply_event(router.table, kind, "MODIFIED", {"metadata": metadata, "status": status})
+    prefix = "sessions" if kind is TargetKind.SESSION else "sandboxes"
+    started = asyncio.get_running_loop().time()
+    url = f"{router.url}/{prefix}/{NAMESPACE}/gone/echo"
+    async with http.get(url, headers=bearer(TOKEN)) as response:
+        assert response.status == 503
+        phase = "Failed" if state == "Failed" else "Terminating"
+        assert phase in (await response.json())["error"]
+    assert asyncio.get_running_loop().time() - started < 1  # the wake timeout is 5 s
+    assert router.control.requests == []
