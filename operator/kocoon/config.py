@@ -80,8 +80,10 @@ class OperatorConfig(BaseModel):
     (memory hibernation on containerd nodes). The image must have it; it should do nothing
     and exit on SIGTERM."""
     pod_hardening: bool = True
-    """Apply the hardened pod security context to every sandbox (non-root, no privilege
-    escalation, all capabilities dropped, seccomp RuntimeDefault)."""
+    """Run every sandbox as non-root: the pod gets runAsNonRoot and a non-root user, and a
+    template cannot turn that off (admission refuses runAsNonRoot false and runAsUser 0; the
+    pod builder ignores them). Off, the image's user applies. Either way no privilege,
+    privilege escalation or capability is granted and seccomp is RuntimeDefault."""
 
     @model_validator(mode="after")
     def _default_exists(self) -> OperatorConfig:

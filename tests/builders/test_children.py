@@ -35,6 +35,41 @@ def test_pod_is_hardened_and_owned() -> None:
     assert manifest["metadata"]["labels"][names.SANDBOX_LABEL] == "s1"
 
 
+ROOT = {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False}
+
+
+def test_the_template_cannot_undo_hardening() -> None:
+    template = {"image": "x", "securityContext": ROOT}
+    manifest = pod.pod(OWNER, spec(template=template), SETTINGS)
+    pod_security = manifest["spec"]["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert pod_security["runAsUser"] == SETTINGS.run_as_user
+    security = manifest["spec"]["containers"][0]["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert "runAsUser" not in security  # the pod's non-root user applies
+    assert security["allowPrivilegeEscalation"] is False
+    # another non-root user is the template's to choose
+    user = {"image": "x", "securityContext": {"runAsUser": 1000}}
+    chosen = pod.pod(OWNER, spec(template=user), SETTINGS)["spec"]["containers"][0]
+    assert chosen["securityContext"]["runAsUser"] == 1000
+
+
+def test_without_hardening_the_template_may_run_as_root_but_never_privileged() -> None:
+    settings = BuildSettings(pod_hardening=False)
+    plain = pod.pod(OWNER, spec(), settings)
+    assert "runAsNonRoot" not in plain["spec"]["securityContext"]
+    assert "runAsUser" not in plain["spec"]["securityContext"]
+    assert "runAsNonRoot" not in plain["spec"]["containers"][0]["securityContext"]
+    template = {"image": "x", "securityContext": ROOT}
+    manifest = pod.pod(OWNER, spec(template=template), settings)
+    security = manifest["spec"]["containers"][0]["securityContext"]
+    assert (security["runAsUser"], security["runAsNonRoot"]) == (0, False)
+    assert security["privileged"] is False
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
 def test_runtime_class_from_spec_wins_over_the_default() -> None:
     assert (
         pod.pod(OWNER, spec(runtimeClassName="runc"), SETTINGS)["spec"]["runtimeClassName"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from nodekit import run_pod
-from sandboxkit import NAME, Stack
+from sandboxkit import NAME, ROOT_IS_ENOUGH, Stack
 from tests.conftest import install_crds, start_operator, stop_operator
 
 from kocoon.devcluster import Cluster, binaries, images, realnode, stack, up
@@ -52,6 +52,9 @@ def running_stack(real_node: Cluster, tmp_path: Path) -> Iterator[Stack]:
     them, and a namespace for the test's Sandbox."""
     install_crds(real_node)
     agent_env = stack.start_agent(real_node)
+    if not ROOT_IS_ENOUGH:
+        # The sandboxes run as root (CRIU needs it here): pod hardening would refuse that.
+        agent_env["KOCOON_POD_HARDENING"] = "false"
     operator = start_operator(real_node, tmp_path, env=agent_env)
     _, router = stack.start_router(real_node)
     namespace = f"node-hibernate-{time.monotonic_ns() % 10**6}"

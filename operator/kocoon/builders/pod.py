@@ -14,25 +14,38 @@ def runtime_class(spec: SandboxSpec, settings: BuildSettings) -> str:
     return runtime_class_for(spec.runtime_class_name, spec.gpu is not None, settings)
 
 
+def _container_security(spec: SandboxSpec, settings: BuildSettings) -> dict[str, Any]:
+    """The container's security context: the template's user settings, within the limits.
+
+    Untrusted, model-generated code runs here: no privilege, no escalation, no capability,
+    whatever the template says. Under pod hardening it also runs as non-root: the template can
+    name another non-root user but cannot turn runAsNonRoot off or ask for user 0.
+    """
+    security: dict[str, Any] = {}
+    if spec.template.security_context is not None:
+        security.update(spec.template.security_context.to_wire())
+    security.update(
+        {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+    )
+    if settings.pod_hardening:
+        security["runAsNonRoot"] = True
+        if security.get("runAsUser") == 0:
+            del security["runAsUser"]  # the pod's non-root user applies
+    return security
+
+
 def _container(spec: SandboxSpec, settings: BuildSettings, hold: bool) -> dict[str, Any]:
     template = spec.template
     container: dict[str, Any] = {
         "name": names.CONTAINER_NAME,
         "image": template.image,
-        # Untrusted, model-generated code runs here: no privilege of any kind.
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "privileged": False,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _container_security(spec, settings),
     }
-    if template.security_context is not None:
-        # Who the process runs as is the user's; what it may never do is not.
-        container["securityContext"].update(template.security_context.to_wire())
-        container["securityContext"]["allowPrivilegeEscalation"] = False
-        container["securityContext"]["privileged"] = False
     if template.image_pull_policy:
         container["imagePullPolicy"] = template.image_pull_policy
     if hold:
@@ -60,6 +73,18 @@ def _container(spec: SandboxSpec, settings: BuildSettings, hold: bool) -> dict[s
             {"name": names.WORKSPACE_VOLUME, "mountPath": spec.workspace.mount_path}
         ]
     return container
+
+
+def _pod_security(settings: BuildSettings) -> dict[str, Any]:
+    security: dict[str, Any] = {
+        "fsGroup": settings.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if settings.pod_hardening:
+        security.update(
+            runAsNonRoot=True, runAsUser=settings.run_as_user, runAsGroup=settings.run_as_user
+        )
+    return security
 
 
 def pod(
@@ -92,13 +117,7 @@ def pod(
         "subdomain": names.service_name(owner.name),
         "restartPolicy": "Always",
         "terminationGracePeriodSeconds": 10,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.run_as_user,
-            "runAsGroup": settings.run_as_user,
-            "fsGroup": settings.run_as_user,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": _pod_security(settings),
         "containers": [_container(spec, settings, hold_for_restore and bool(restore_from))],
     }
     if spec.workspace is not None:

@@ -74,6 +74,7 @@ def build_settings(config: OperatorConfig) -> BuildSettings:
     return BuildSettings(
         default_runtime_class=config.default_runtime_class,
         default_gpu_runtime_class=config.default_gpu_runtime_class,
+        pod_hardening=config.pod_hardening,
         router_namespace=os.environ.get(RELEASE_NAMESPACE_ENV, "kocoon-system"),
         restore_hold_command=tuple(config.restore_hold_command),
     )

@@ -166,6 +166,13 @@ def sandbox_spec_problems(
     return problems
 
 
+def new_problems(problems: list[str], before: list[str]) -> list[str]:
+    """On update: only the problems the update brings. One the old object already had (the
+    configuration or the cluster changed since it was admitted) is not the update's to fix."""
+    had = set(before)
+    return [problem for problem in problems if problem not in had]
+
+
 def _count_problem(kind: str, limit: int | None, facts: ClusterFacts) -> list[str]:
     if limit is None or not facts.creating or facts.objects_in_namespace < limit:
         return []
@@ -220,8 +227,9 @@ def sandbox_spec_defaults(
 ) -> MergePatch:
     """Defaults for a Sandbox spec (as sent, camelCase) that depend on the configuration.
 
-    On update, a runtime class the new spec omits keeps its old value, so that `kubectl
-    replace` of a manifest without it does not trip the immutability rule.
+    On update, a runtime class or hibernation the new spec omits keeps its old value, so that
+    `kubectl replace` of a manifest without it neither trips the immutability rule nor changes
+    the mode under a newer configuration.
     """
     patch: MergePatch = {}
     gpu = _gpu_or_none(spec.get("gpu"))
@@ -229,10 +237,15 @@ def sandbox_spec_defaults(
     if "runtimeClassName" not in spec:
         patch["runtimeClassName"] = runtime_class
     if "hibernation" not in spec and session_hibernation is None:
-        has_workspace = isinstance(spec.get("workspace"), dict)
-        patch["hibernation"] = defaults.default_hibernation(
-            runtime_class, gpu, has_workspace, config
-        )
+        previous = (old_spec or {}).get("hibernation")
+        if isinstance(previous, str):
+            # As decided at create: a later configuration must not change how it hibernates.
+            patch["hibernation"] = previous
+        else:
+            has_workspace = isinstance(spec.get("workspace"), dict)
+            patch["hibernation"] = defaults.default_hibernation(
+                runtime_class, gpu, has_workspace, config
+            )
     template = spec.get("template")
     if config.pod_hardening and isinstance(template, dict):
         security = template.get("securityContext", {})

@@ -7,7 +7,7 @@ from this registration, so the two cannot drift.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import kopf
@@ -38,9 +38,11 @@ ConfigGetter = Callable[[], OperatorConfig]
 
 def _reject(problems: list[str], kind: str, namespace: str | None, name: str | None) -> None:
     if problems:
+        # `name` is a LogRecord attribute: passing it as an extra would raise instead of
+        # answering, so the object is logged as `object`.
         log.info(
             "admission denied",
-            extra={"kind": kind, "namespace": namespace, "name": name, "problems": problems},
+            extra={"kind": kind, "namespace": namespace, "object": name, "problems": problems},
         )
         raise kopf.AdmissionError("; ".join(problems), code=422)
 
@@ -54,6 +56,50 @@ def _parse(model: type[Any], spec: Any, kind: str) -> Any:
             f"spec.{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors()
         )
         raise kopf.AdmissionError(f"invalid {kind}: {details}", code=422) from None
+
+
+def _old_spec(old: Any) -> dict[str, Any] | None:
+    spec = (old or {}).get("spec")
+    return dict(spec) if isinstance(spec, Mapping) else None
+
+
+def _deleting(body: Any) -> bool:
+    return bool(((body or {}).get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _problems(
+    model: type[Any],
+    rule: Callable[[Any, OperatorConfig, admission.ClusterFacts], list[str]],
+    kind: str,
+    spec: Any,
+    old: Any,
+    body: Any,
+    config: OperatorConfig,
+    facts: admission.ClusterFacts,
+) -> list[str]:
+    """What is wrong with the object, or on UPDATE only with what the update changes.
+
+    An update that leaves the spec as it was (finalizers, labels, annotations, an unchanged
+    apply) or comes while the object is being deleted is never refused: a rule or a cluster
+    fact that changed since the object was admitted must not make it undeletable.
+    """
+    new_spec = dict(spec or {})
+    old_spec = _old_spec(old) if not facts.creating else None
+    if old_spec is not None and (_deleting(body) or new_spec == old_spec):
+        return []
+    problems: list[str] = rule(_parse(model, new_spec, kind), config, facts)
+    if old_spec is None or not problems:
+        return problems
+    try:
+        before = rule(model.model_validate(old_spec), config, facts)
+    except ValidationError:
+        before = []  # the old object does not parse (an older schema): judge the new one whole
+    return admission.new_problems(problems, before)
+
+
+def _leave_alone(spec: Any, old_spec: dict[str, Any] | None, body: Any) -> bool:
+    """An update that does not touch the spec, or comes during deletion, gets no defaults."""
+    return old_spec is not None and (_deleting(body) or dict(spec or {}) == old_spec)
 
 
 def _facts(
@@ -92,11 +138,19 @@ def register(registry: kopf.OperatorRegistry, config: ConfigGetter) -> None:
         GROUP, VERSION, "sandboxes", id=VALIDATE_SANDBOX, operations=OPERATIONS, registry=registry
     )
     def validate_sandbox(
-        spec: Any, namespace: str | None, name: str | None, operation: str | None = None, **kw: Any
+        spec: Any,
+        namespace: str | None,
+        name: str | None,
+        operation: str | None = None,
+        old: Any = None,
+        body: Any = None,
+        **kw: Any,
     ) -> None:
         facts = _facts(namespace, operation, kw, SANDBOX_INDEX)
-        parsed = _parse(SandboxSpec, spec, "Sandbox")
-        _reject(admission.validate_sandbox(parsed, config(), facts), "Sandbox", namespace, name)
+        problems = _problems(
+            SandboxSpec, admission.validate_sandbox, "Sandbox", spec, old, body, config(), facts
+        )
+        _reject(problems, "Sandbox", namespace, name)
 
     @kopf.on.validate(
         GROUP,
@@ -107,13 +161,26 @@ def register(registry: kopf.OperatorRegistry, config: ConfigGetter) -> None:
         registry=registry,
     )
     def validate_session(
-        spec: Any, namespace: str | None, name: str | None, operation: str | None = None, **kw: Any
+        spec: Any,
+        namespace: str | None,
+        name: str | None,
+        operation: str | None = None,
+        old: Any = None,
+        body: Any = None,
+        **kw: Any,
     ) -> None:
         facts = _facts(namespace, operation, kw, SESSION_INDEX)
-        parsed = _parse(AgentSessionSpec, spec, "AgentSession")
-        _reject(
-            admission.validate_session(parsed, config(), facts), "AgentSession", namespace, name
+        problems = _problems(
+            AgentSessionSpec,
+            admission.validate_session,
+            "AgentSession",
+            spec,
+            old,
+            body,
+            config(),
+            facts,
         )
+        _reject(problems, "AgentSession", namespace, name)
 
     @kopf.on.validate(
         GROUP,
@@ -124,19 +191,36 @@ def register(registry: kopf.OperatorRegistry, config: ConfigGetter) -> None:
         registry=registry,
     )
     def validate_model(
-        spec: Any, namespace: str | None, name: str | None, operation: str | None = None, **kw: Any
+        spec: Any,
+        namespace: str | None,
+        name: str | None,
+        operation: str | None = None,
+        old: Any = None,
+        body: Any = None,
+        **kw: Any,
     ) -> None:
         facts = _facts(namespace, operation, kw, "")
-        parsed = _parse(ModelDeploymentSpec, spec, "ModelDeployment")
-        _reject(
-            admission.validate_model(parsed, config(), facts), "ModelDeployment", namespace, name
+        problems = _problems(
+            ModelDeploymentSpec,
+            admission.validate_model,
+            "ModelDeployment",
+            spec,
+            old,
+            body,
+            config(),
+            facts,
         )
+        _reject(problems, "ModelDeployment", namespace, name)
 
     @kopf.on.mutate(
         GROUP, VERSION, "sandboxes", id=DEFAULT_SANDBOX, operations=OPERATIONS, registry=registry
     )
-    def default_sandbox(spec: Any, patch: kopf.Patch, old: Any = None, **_: Any) -> None:
-        old_spec = (old or {}).get("spec")
+    def default_sandbox(
+        spec: Any, patch: kopf.Patch, old: Any = None, body: Any = None, **_: Any
+    ) -> None:
+        old_spec = _old_spec(old)
+        if _leave_alone(spec, old_spec, body):
+            return
         changes = admission.sandbox_spec_defaults(dict(spec), old_spec, config())
         if changes:
             patch["spec"] = changes
@@ -149,11 +233,14 @@ def register(registry: kopf.OperatorRegistry, config: ConfigGetter) -> None:
         operations=OPERATIONS,
         registry=registry,
     )
-    def default_session(spec: Any, patch: kopf.Patch, old: Any = None, **_: Any) -> None:
+    def default_session(
+        spec: Any, patch: kopf.Patch, old: Any = None, body: Any = None, **_: Any
+    ) -> None:
+        old_spec = _old_spec(old)
         template = spec.get("sandboxTemplate")
-        if not isinstance(template, dict):
+        if not isinstance(template, dict) or _leave_alone(spec, old_spec, body):
             return
-        old_template = ((old or {}).get("spec") or {}).get("sandboxTemplate")
+        old_template = (old_spec or {}).get("sandboxTemplate")
         changes = admission.sandbox_spec_defaults(
             template, old_template, config(), session_hibernation=spec.get("hibernation")
         )
@@ -168,8 +255,12 @@ def register(registry: kopf.OperatorRegistry, config: ConfigGetter) -> None:
         operations=OPERATIONS,
         registry=registry,
     )
-    def default_model(spec: Any, patch: kopf.Patch, old: Any = None, **_: Any) -> None:
-        old_spec = (old or {}).get("spec")
+    def default_model(
+        spec: Any, patch: kopf.Patch, old: Any = None, body: Any = None, **_: Any
+    ) -> None:
+        old_spec = _old_spec(old)
+        if _leave_alone(spec, old_spec, body):
+            return
         changes = admission.model_spec_defaults(dict(spec), old_spec, config())
         if changes:
             patch["spec"] = changes

@@ -12,14 +12,17 @@ import kopf
 
 from kocoon.config import OperatorConfig
 from kocoon.webhooks import handlers
+from kocoon.webhooks.handlers import ConfigGetter
 from kocoon.webhooks.server import CONFIGURATION_NAME, WebhookServing, configure
 
 log = logging.getLogger("kocoon.webhooks")
 
 
-def admission_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+def admission_registry(config: OperatorConfig | ConfigGetter) -> kopf.OperatorRegistry:
+    """The admission handlers; `config` is the configuration or a function that reads the
+    current one (so a test can change it while serving)."""
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, lambda: config)
+    handlers.register(registry, config if callable(config) else lambda: config)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -31,7 +34,7 @@ def admission_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
 
 async def serve_admission(
-    config: OperatorConfig,
+    config: OperatorConfig | ConfigGetter,
     serving: WebhookServing,
     *,
     configuration_name: str = CONFIGURATION_NAME,

@@ -16,7 +16,9 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp.web
 import kopf
 
 from kocoon.webhooks.certs import write_self_signed
@@ -26,6 +28,21 @@ NAMESPACE = "kocoon-system"
 SERVICE_NAME = "kocoon-operator-webhook"
 PORT = 9443
 CERT_SECRET = "kocoon-webhook-tls"
+# An AdmissionReview carries the object and, on update, the old one. The API server takes
+# request bodies up to 3 MiB, so a review can be twice that plus JSON escaping; aiohttp's
+# default of 1 MiB would fail the call and the user would see an internal error instead of
+# the schema's message naming the oversized field.
+MAX_REVIEW_BYTES = 16 * 1024 * 1024
+
+
+class _WebhookServer(kopf.WebhookServer):
+    """kopf's server, reading admission reviews up to MAX_REVIEW_BYTES."""
+
+    @staticmethod
+    async def _serve(fn: Any, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        larger = request.clone(client_max_size=MAX_REVIEW_BYTES)
+        response: aiohttp.web.Response = await kopf.WebhookServer._serve(fn, larger)
+        return response
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,7 @@ def configure(
     if certfile is None or pkeyfile is None:
         directory = Path(tempfile.mkdtemp(prefix="kocoon-webhook-"))
         certfile, pkeyfile = write_self_signed([serving.host], directory)
-    settings.admission.server = kopf.WebhookServer(
+    settings.admission.server = _WebhookServer(
         addr=serving.addr,
         port=serving.port,
         host=serving.host,
