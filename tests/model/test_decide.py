@@ -52,6 +52,7 @@ def observe(
     now: datetime = NOW,
     template_hash: str = "",
     checkpoint_unavailable: str | None = None,
+    gpu_resources: tuple[str, ...] = (),
     **spec_fields: Any,
 ) -> model.Observed:
     return model.Observed(
@@ -64,6 +65,7 @@ def observe(
         now=now,
         template_hash=template_hash,
         checkpoint_unavailable=checkpoint_unavailable,
+        gpu_resources=gpu_resources,
     )
 
 
@@ -446,6 +448,7 @@ def test_a_gpu_slice_no_node_offers_is_a_condition_naming_the_profile() -> None:
             previous=Previous(phase=ModelPhase.PENDING, desired=1),
             replicas=1,
             gpu={"mode": "mig", "profile": "2g.20gb"},
+            gpu_resources=("nvidia.com/mig-2g.20gb",),
         )
     )
     assert decision.phase is ModelPhase.PENDING
@@ -602,3 +605,20 @@ def test_a_checkpoint_wake_that_cannot_work_here_falls_back_to_cold_with_the_rea
 def test_cold_start_is_always_available() -> None:
     wake = condition(model.decide(observe(scaling=SCALING)), ConditionType.WAKE_STRATEGY_AVAILABLE)
     assert (wake.status, wake.reason) == (True, Reason.WAKE_STRATEGY_SUPPORTED)
+
+
+def test_a_replica_unschedulable_for_another_reason_is_not_blamed_on_the_slice() -> None:
+    message = '0/6 nodes are available: persistentvolumeclaim "weights" not found.'
+    pending = replica(ready=False, ip=None, node=None, phase="Pending", unschedulable=message)
+    decision = model.decide(
+        observe(
+            pending,
+            previous=Previous(phase=ModelPhase.PENDING, desired=1),
+            replicas=1,
+            gpu={"mode": "mig", "profile": "2g.20gb"},
+            gpu_resources=("nvidia.com/mig-2g.20gb",),
+        )
+    )
+    scheduled = condition(decision, ConditionType.POD_SCHEDULED)
+    assert scheduled.reason == Reason.UNSCHEDULABLE
+    assert scheduled.message == f"kocoon-model-m-0: {message}"

@@ -28,3 +28,13 @@ WAKE_SECONDS = Histogram(
     "From the wake decision to Ready",
     buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 60),
 )
+MODEL_TRANSITIONS = Counter(
+    "kocoon_model_transitions_total",
+    "ModelDeployment phase transitions, by the phase entered",
+    ["phase"],
+)
+MODEL_WAKE_SECONDS = Histogram(
+    "kocoon_model_wake_seconds",
+    "From Waking to the first ready replica, for wakes from zero",
+    buckets=(0.25, 0.5, 1, 2, 5, 10, 20, 60, 120, 300),
+)

@@ -133,6 +133,9 @@ class Observed:
     # Why a `checkpoint` wake cannot work here (no agent, no driver, a GPU without
     # cuda-checkpoint), or None when it can: replicas then wake cold and a condition says why.
     checkpoint_unavailable: str | None = None
+    # The extended resources a replica's GPU slice asks for (e.g. `nvidia.com/mig-1g.10gb`):
+    # a scheduler refusal naming one of them is "no node offers the slice".
+    gpu_resources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -392,12 +395,14 @@ def _conditions(
     unschedulable = [r for r in staying if r.unschedulable]
     if unschedulable:
         first = unschedulable[0]
+        message = first.unschedulable or ""
+        slice_missing = _about_the_slice(observed, message)
         updates.append(
             ConditionUpdate(
                 ConditionType.POD_SCHEDULED,
                 False,
-                Reason.NO_NODE_OFFERS_SLICE if observed.spec.gpu else Reason.UNSCHEDULABLE,
-                f"{first.name}: {first.unschedulable}{_gpu_hint(observed)}",
+                Reason.NO_NODE_OFFERS_SLICE if slice_missing else Reason.UNSCHEDULABLE,
+                f"{first.name}: {message}{_gpu_hint(observed) if slice_missing else ''}",
             )
         )
     elif staying:
@@ -410,6 +415,17 @@ def _conditions(
         )
     updates.append(wake_strategy_condition(observed))
     return tuple(updates)
+
+
+def _about_the_slice(observed: Observed, message: str) -> bool:
+    """Whether the scheduler's refusal is about the GPU slice (its resource, or a DRA claim)
+    rather than something else (a missing claim, a taint)."""
+    gpu = observed.spec.gpu
+    if gpu is None:
+        return False
+    if gpu.mode == "dra":
+        return "claim" in message.lower() and "not found" not in message
+    return any(f"Insufficient {name}" in message for name in observed.gpu_resources)
 
 
 def _gpu_hint(observed: Observed) -> str:

@@ -1,0 +1,297 @@
+"""The ModelDeployment controller on the local cluster, with the operator as a real process.
+
+kwok runs the replica pods: they become Running and Ready as soon as they are bound, with a
+loopback pod IP. Where the CPU engine is installed, a real llama-server is started at that
+IP on the engine port, as the pod would run it, and answers through the address the
+controller put in `status.backends`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kocoon import contract
+from kocoon.devcluster import Cluster, engines
+from tests.conftest import OperatorProcess
+from tests.controllers.helpers import get, new_namespace, wait_for
+
+pytestmark = pytest.mark.integration
+
+KIND = "modeldeployment"
+
+
+def deployment(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "model": {
+            "uri": "oci://kocoon.local/smollm2:local",
+            "path": f"models/{engines.SMOLLM2_FILE}",
+        },
+        "engine": {"type": "llamacpp", "image": "kocoon.local/llamacpp:local"},
+        "runtimeClassName": "runc",
+        "scaling": {"minReplicas": 0, "maxReplicas": 3, "scaleDownDelay": "3s"},
+    }
+    base.update(spec)
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": base,
+    }
+
+
+def create(cluster: Cluster, namespace: str, name: str, **spec: Any) -> None:
+    manifest = deployment(name, namespace, **spec)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    found = get(cluster, KIND, namespace, name)
+    assert found is not None, f"{namespace}/{name} is gone"
+    result: dict[str, Any] = found.get("status") or {}
+    return result
+
+
+def wait_status(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    what: str,
+    check: Any,
+    timeout: float = 40,
+) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        current = status(cluster, namespace, name)
+        return current if check(current) else None
+
+    found: dict[str, Any] = wait_for(f"{namespace}/{name}: {what}", probe, timeout)
+    return found
+
+
+def replica_pods(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl(
+        "get", "pods", "-n", namespace, "-l", f"{contract.MODEL_LABEL}={name}", "-o", "json"
+    ).stdout
+    pods: list[dict[str, Any]] = json.loads(out)["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def condition(current: dict[str, Any], kind: str) -> dict[str, Any]:
+    found: dict[str, Any] = {c["type"]: c for c in current.get("conditions") or []}[kind]
+    return found
+
+
+def lease_name(name: str) -> str:
+    return contract.activity_lease_name(contract.TARGET_KIND_MODEL, name)
+
+
+def request_wake(cluster: Cluster, namespace: str, name: str) -> None:
+    """What the router writes when a request arrives for a model with no ready replica."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    cluster.kubectl(
+        "annotate",
+        "lease",
+        lease_name(name),
+        "-n",
+        namespace,
+        f"{contract.WAKE_REQUESTED_ANNOTATION}={stamp}",
+        "--overwrite",
+    )
+
+
+def phase_is(phase: str) -> Any:
+    return lambda current: current.get("phase") == phase
+
+
+def test_scaled_to_zero_woken_by_the_router_then_idle_back_to_zero(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "model")
+    create(cluster, namespace, "m")
+    at_zero = wait_status(cluster, namespace, "m", "ScaledToZero", phase_is("ScaledToZero"))
+    assert replica_pods(cluster, namespace, "m") == []
+    assert at_zero["replicas"] == 0
+    assert at_zero["selector"] == f"{contract.MODEL_LABEL}=m"
+    assert at_zero["servedModelName"] == "m"
+    assert condition(at_zero, "Ready")["reason"] == "ScaledToZero"
+    # Its children: the activity Lease (owned by the deployment), the Service, the policy.
+    lease = wait_for(
+        "the activity Lease", lambda: get(cluster, "lease", namespace, lease_name("m"))
+    )
+    assert lease["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+
+    request_wake(cluster, namespace, "m")
+    ready = wait_status(cluster, namespace, "m", "Ready after a wake", phase_is("Ready"))
+    pods = replica_pods(cluster, namespace, "m")
+    assert [p["metadata"]["name"] for p in pods] == ["kocoon-model-m-0"]
+    pod_ip = pods[0]["status"]["podIP"]
+    assert ready["backends"] == [
+        {
+            "pod": "kocoon-model-m-0",
+            "address": f"{pod_ip}:{contract.ENGINE_PORT}",
+            "ready": True,
+            "sleeping": False,
+        }
+    ]
+    assert ready["readyReplicas"] == 1
+    assert ready["usage"]["wakeCount"] == 1
+    assert ready["lastWakeLatencySeconds"] > 0
+    lease = get(cluster, "lease", namespace, lease_name("m"))
+    assert lease is not None
+    annotations = lease["metadata"].get("annotations") or {}
+    assert contract.WAKE_REQUESTED_ANNOTATION not in annotations  # the wake is answered
+
+    # No request for scaleDownDelay (3 s): back to zero, and the time it ran is metered.
+    back = wait_status(cluster, namespace, "m", "idle back to zero", phase_is("ScaledToZero"))
+    wait_for("the replica to go", lambda: replica_pods(cluster, namespace, "m") == [])
+    assert back["backends"] == []
+    assert back["usage"]["replicaSeconds"] >= 3
+    assert back["usage"]["gpuSeconds"] == 0
+    reasons = [e["reason"] for e in events(cluster, namespace, "m")]
+    assert "ReplicasWaking" in reasons
+    assert "ScaledToZero" in reasons
+
+
+def events(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    selector = f"involvedObject.name={name},involvedObject.kind=ModelDeployment"
+    out = cluster.kubectl(
+        "get", "events", "-n", namespace, "-o", "json", f"--field-selector={selector}"
+    ).stdout
+    found: list[dict[str, Any]] = json.loads(out)["items"]
+    return sorted(found, key=lambda e: e["metadata"]["creationTimestamp"])
+
+
+def test_kubectl_scale_is_obeyed_and_a_deleted_replica_comes_back(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "scale")
+    create(cluster, namespace, "s")
+    wait_status(cluster, namespace, "s", "ScaledToZero", phase_is("ScaledToZero"))
+    cluster.kubectl("scale", KIND, "s", "-n", namespace, "--replicas=2")
+    scaled = wait_status(
+        cluster,
+        namespace,
+        "s",
+        "2 ready replicas",
+        lambda s: s.get("readyReplicas") == 2 and s.get("phase") == "Ready",
+    )
+    assert scaled["replicas"] == 2
+    names = sorted(p["metadata"]["name"] for p in replica_pods(cluster, namespace, "s"))
+    assert names == ["kocoon-model-s-0", "kocoon-model-s-1"]
+    # The scale subresource reads what the controller writes.
+    scale = json.loads(cluster.kubectl("get", "--raw", _scale_path(namespace, "s")).stdout)
+    assert scale["status"]["replicas"] == 2
+    assert scale["status"]["selector"] == f"{contract.MODEL_LABEL}=s"
+
+    victim = get(cluster, "pod", namespace, "kocoon-model-s-1")
+    assert victim is not None
+    cluster.kubectl("delete", "pod", "kocoon-model-s-1", "-n", namespace, "--wait=false")
+
+    def replaced() -> dict[str, Any] | None:
+        pod = get(cluster, "pod", namespace, "kocoon-model-s-1")
+        if pod and pod["metadata"]["uid"] != victim["metadata"]["uid"]:
+            return pod
+        return None
+
+    wait_for("the deleted replica to come back", replaced)
+    wait_status(cluster, namespace, "s", "2 ready again", lambda s: s.get("readyReplicas") == 2)
+
+    # Demand does not override spec.replicas: scaled to 1, one replica stays.
+    cluster.kubectl("scale", KIND, "s", "-n", namespace, "--replicas=1")
+    wait_for("one replica", lambda: len(replica_pods(cluster, namespace, "s")) == 1)
+    time.sleep(4)  # longer than scaleDownDelay: spec.replicas holds it at one
+    assert [p["metadata"]["name"] for p in replica_pods(cluster, namespace, "s")] == [
+        "kocoon-model-s-0"
+    ]
+    counted = status(cluster, namespace, "s")
+    assert counted["usage"]["replicaSeconds"] > 0
+    assert condition(counted, "Ready")["status"] == "True"
+
+
+def _scale_path(namespace: str, name: str) -> str:
+    return f"/apis/{contract.API_VERSION}/namespaces/{namespace}/modeldeployments/{name}/scale"
+
+
+def test_a_mig_profile_no_node_offers_is_a_condition_naming_it(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "mig")
+    create(
+        cluster,
+        namespace,
+        "g",
+        replicas=1,
+        gpu={"mode": "mig", "profile": "2g.20gb"},
+        engine={"type": "vllm"},
+    )
+
+    def unschedulable(current: dict[str, Any]) -> bool:
+        found = {c["type"]: c for c in current.get("conditions") or []}.get("PodScheduled")
+        return bool(found and found["status"] == "False")
+
+    stuck = wait_status(cluster, namespace, "g", "PodScheduled=False", unschedulable, 60)
+    scheduled = condition(stuck, "PodScheduled")
+    assert scheduled["reason"] == "NoNodeOffersSlice"
+    assert "2g.20gb" in scheduled["message"]
+    assert "nvidia.com/mig-2g.20gb" in scheduled["message"]  # the scheduler's own words
+    assert stuck["phase"] == "Pending"
+    assert condition(stuck, "Ready")["status"] == "False"
+    assert "NoNodeOffersSlice" in [e["reason"] for e in events(cluster, namespace, "g")]
+
+
+@pytest.fixture
+def engine_log(tmp_path: Path) -> Path:
+    if not engines.installed():
+        pytest.skip(f"the CPU engine is not installed: {engines.SETUP_HINT}")
+    return tmp_path / "llama-server.log"
+
+
+def test_a_woken_replica_serves_a_real_engine_at_its_backend_address(
+    cluster: Cluster, operator: OperatorProcess, engine_log: Path
+) -> None:
+    namespace = new_namespace(cluster, "engine")
+    create(cluster, namespace, "e", route={"servedModelName": "smollm2"})
+    wait_status(cluster, namespace, "e", "ScaledToZero", phase_is("ScaledToZero"))
+    request_wake(cluster, namespace, "e")
+    ready = wait_status(cluster, namespace, "e", "Ready", phase_is("Ready"))
+    host, port = ready["backends"][0]["address"].rsplit(":", 1)
+    assert int(port) == contract.ENGINE_PORT
+    # Where kwok says the pod runs, run the engine the pod would run.
+    with engine_at(engine_log, host, int(port), ready["servedModelName"]) as base_url:
+        code, models = engines.http_json(f"{base_url}/v1/models")
+        assert code == 200
+        assert [m["id"] for m in models["data"]] == ["smollm2"]
+
+
+@contextlib.contextmanager
+def engine_at(log: Path, host: str, port: int, served_name: str) -> Iterator[str]:
+    """llama-server with SmolLM2 bound at `host:port` (a kwok pod's loopback address)."""
+    argv = [
+        str(engines.llama_server()),
+        *engines.server_args(
+            engines.smollm2_model(), served_name=served_name, host=host, port=port
+        ),
+    ]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    base_url = f"http://{host}:{port}"
+    try:
+        engines.wait_healthy(base_url, timeout=60, pid=process.pid)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
