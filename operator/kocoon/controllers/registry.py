@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 from kubernetes_asyncio.client import ApiClient
 
-from kocoon.controllers import context, sandbox, session  # noqa: F401  (registers handlers)
+from kocoon.controllers import context, model, sandbox, session  # noqa: F401  (registers handlers)
 from kocoon.controllers.checkpoints import AGENT_SELECTOR, AgentCheckpointer, agent_pod_url
 from kocoon.kube.client import list_objects, new_api_client
 from kocoon.kube.resources import POD
