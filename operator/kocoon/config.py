@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -22,6 +22,8 @@ from kocoon.builders.context import DEFAULT_RESTORE_HOLD_COMMAND
 
 CONFIG_ENV = "KOCOON_CONFIG"
 ENV_PREFIX = "KOCOON_"
+# The schemes of ModelDeployment sources (`spec.model.uri`), as the API accepts them.
+ModelSourceScheme = Literal["pvc", "s3", "oci", "hf"]
 
 
 class NamespaceLimits(BaseModel):
@@ -39,6 +41,11 @@ class NamespaceLimits(BaseModel):
     """Largest workspace a Sandbox may request."""
     allowed_runtime_classes: list[DnsSubdomain] | None = None
     """Runtime classes the namespace may use; every configured one when unset."""
+    max_model_replicas: Annotated[int, Field(ge=0)] | None = None
+    """Largest `scaling.maxReplicas` a ModelDeployment may ask for."""
+    max_gpus_per_model: Annotated[int, Field(ge=0)] | None = None
+    """Most GPUs a ModelDeployment may hold at its largest: `scaling.maxReplicas` times
+    `gpu.count`."""
 
 
 class OperatorConfig(BaseModel):
@@ -68,7 +75,13 @@ class OperatorConfig(BaseModel):
     gpu_modes: list[GpuMode] = ["wholeGPU", "mig", "timeSliced", "dra"]
     """GPU slice modes the cluster offers."""
     mig_profiles: list[str] = []
-    """MIG profiles the cluster offers (e.g. `1g.10gb`); any profile when empty."""
+    """MIG profiles the cluster offers (e.g. `1g.10gb`). When empty, the profiles its nodes
+    advertise (`nvidia.com/mig-<profile>`), if any node advertises one; set it where nodes
+    come and go (autoscaling) so a profile is not refused while no node offers it."""
+    model_sources: list[ModelSourceScheme] = ["pvc", "s3", "oci", "hf"]
+    """Model source schemes ModelDeployments may use here: drop `oci` where the cluster has no
+    image volumes, `hf` where replicas cannot reach Hugging Face, `s3` where no S3 endpoint is
+    reachable."""
     namespace_limits: dict[str, NamespaceLimits] = {}
     """Per-namespace limits; the key `*` applies to namespaces not listed."""
     router_domain: str = "kocoon.localhost"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
-from kocoon.api.model import ModelDeploymentSpec
+from kocoon.api.model import URI_SHAPES, ModelDeploymentSpec
 from kocoon.api.sandbox import SandboxSpec
 from kocoon.api.session import AgentSessionSpec
-from kocoon.config import NamespaceLimits, OperatorConfig
-from kocoon.webhooks import admission
+from kocoon.config import ModelSourceScheme, NamespaceLimits, OperatorConfig
+from kocoon.webhooks import admission, handlers
 from kocoon.webhooks.admission import ClusterFacts
 
 pytestmark = pytest.mark.unit
@@ -196,3 +196,104 @@ def test_model_defaults() -> None:
         "runtimeClassName": "kata-qemu-nvidia-gpu"
     }
     assert admission.model_spec_defaults({**spec, "runtimeClassName": "runc"}, None, CONFIG) == {}
+
+
+def model_spec(**spec: Any) -> ModelDeploymentSpec:
+    return ModelDeploymentSpec.model_validate(
+        {"model": {"uri": "hf://org/m"}, "engine": {"type": "vllm"}, "runtimeClassName": "runc"}
+        | spec
+    )
+
+
+def test_model_sources_the_configuration_offers_are_the_apis() -> None:
+    schemes = {scheme.removesuffix("://") for scheme, _, _ in URI_SHAPES}
+    assert set(get_args(ModelSourceScheme)) == schemes
+    assert set(OperatorConfig().model_sources) == schemes
+
+
+@pytest.mark.parametrize(
+    ("config", "spec", "field", "words"),
+    [
+        (
+            OperatorConfig(model_sources=["pvc", "s3"]),
+            {"model": {"uri": "oci://registry.example/m:1"}},
+            "spec.model.uri",
+            "oci:// sources cannot be read in this cluster",
+        ),
+        (
+            OperatorConfig(namespace_limits={"*": NamespaceLimits(max_model_replicas=4)}),
+            {"scaling": {"maxReplicas": 5}},
+            "spec.scaling.maxReplicas",
+            "5 exceeds the limit of 4 replicas",
+        ),
+        (
+            OperatorConfig(namespace_limits={"*": NamespaceLimits(max_gpus_per_model=8)}),
+            {"scaling": {"maxReplicas": 3}, "gpu": {"mode": "wholeGPU", "count": 4}},
+            "spec.scaling.maxReplicas",
+            "hold up to 12 GPUs, above the limit of 8",
+        ),
+        (
+            CONFIG,
+            {"runtimeClassName": "kata", "engine": {"type": "llamacpp"}},
+            "spec.wakeStrategy",
+            "waking llamacpp from a checkpoint inside runtime class 'kata'",
+        ),
+        (
+            CONFIG,
+            {"gpu": {"mode": "wholeGPU"}},
+            "spec.wakeStrategy",
+            "waking vllm from a checkpoint with a GPU (mode wholeGPU) cannot work",
+        ),
+    ],
+)
+def test_model_refusals_name_the_field(
+    config: OperatorConfig, spec: dict[str, Any], field: str, words: str
+) -> None:
+    if field == "spec.wakeStrategy":
+        spec = {**spec, "wakeStrategy": "checkpoint"}
+    problems = admission.validate_model(model_spec(**spec), config, FACTS)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{field}:")
+    assert words in problems[0]
+
+
+def test_model_limits_and_sources_that_fit_pass() -> None:
+    config = OperatorConfig(
+        namespace_limits={"*": NamespaceLimits(max_model_replicas=4, max_gpus_per_model=8)}
+    )
+    spec = model_spec(
+        scaling={"maxReplicas": 4}, gpu={"mode": "wholeGPU", "count": 2}, wakeStrategy="coldStart"
+    )
+    assert admission.validate_model(spec, config, FACTS) == []
+    cpu = model_spec(engine={"type": "llamacpp"}, wakeStrategy="checkpoint")
+    assert admission.validate_model(cpu, CONFIG, FACTS) == []
+
+
+def test_mig_profiles_no_node_offers() -> None:
+    nodes = ClusterFacts(namespace="a", creating=True, mig_profiles_on_nodes={"1g.10gb", "3g.40gb"})
+    offered = sandbox(runtimeClassName="runc", gpu={"mode": "mig", "profile": "3g.40gb"})
+    assert admission.validate_sandbox(offered, CONFIG, nodes) == []
+    missing = sandbox(runtimeClassName="runc", gpu={"mode": "mig", "profile": "7g.80gb"})
+    problems = admission.validate_sandbox(missing, CONFIG, nodes)
+    assert problems == [
+        "spec.gpu.profile: no node offers MIG profile '7g.80gb'; the nodes offer"
+        " ['1g.10gb', '3g.40gb'] (or list the profiles the cluster will offer in migProfiles)"
+    ]
+    # The configuration's list wins (nodes that come and go); no MIG node at all: not judged.
+    listed = OperatorConfig(mig_profiles=["7g.80gb"])
+    assert admission.validate_sandbox(missing, listed, nodes) == []
+    none = ClusterFacts(namespace="a", creating=True, mig_profiles_on_nodes=set())
+    assert admission.validate_sandbox(missing, CONFIG, none) == []
+
+
+def test_the_profiles_a_node_advertises() -> None:
+    status = {
+        "allocatable": {
+            "cpu": "32",
+            "nvidia.com/mig-1g.10gb": "7",
+            "nvidia.com/mig-3g.40gb": "0",
+            "nvidia.com/gpu": "1",
+        }
+    }
+    assert handlers.mig_profiles_offered("n1", status) == {"1g.10gb": "n1"}
+    assert handlers.mig_profiles_offered("n2", None) == {}

@@ -36,11 +36,14 @@ DENIED = "denied the request"
 
 BASE = OperatorConfig(
     runtime_classes=["kata", "kata-qemu-nvidia-gpu", "runc", MISSING_RC, GONE_RC],
-    mig_profiles=["1g.10gb", "3g.40gb"],
+    # No migProfiles: MIG profiles are judged against what the (kwok) GPU nodes advertise.
+    model_sources=["pvc", "s3", "hf"],  # as in a cluster without image volumes
     gpu_modes=["wholeGPU", "mig", "timeSliced", "dra"],
     namespace_limits={
         NAMESPACE: NamespaceLimits(
-            max_gpus_per_object=2,
+            max_model_replicas=4,
+            max_gpus_per_model=8,
+            max_gpus_per_object=4,
             max_workspace_size="5Gi",
             allowed_runtime_classes=["kata", "runc", MISSING_RC, GONE_RC],
         ),
@@ -119,6 +122,11 @@ def served(cluster: Any) -> Iterator[tuple[Any, Holder]]:
             return "is not offered by this cluster" in create(cluster, probe).stderr
 
         wait_until("the admission webhook", answering, timeout=90)
+        mig = sandbox(gpu={"mode": "mig", "profile": "7g.80gb"}, **RUNC)
+        wait_until(
+            "the webhooks to see the GPU nodes",
+            lambda: "no node offers" in create(cluster, mig).stderr,
+        )
         yield cluster, holder
     finally:
         stop.set()
@@ -220,14 +228,14 @@ WEBHOOK_RULES: list[tuple[str, dict[str, Any], str, str, str]] = [
         sandbox(gpu={"mode": "mig", "profile": "7g.80gb"}, **RUNC),
         NAMESPACE,
         "spec.gpu.profile",
-        "MIG profile '7g.80gb' is not offered",
+        "no node offers MIG profile '7g.80gb'; the nodes offer ['1g.10gb', '3g.40gb']",
     ),
     (
         "gpu-count-over-limit",
-        sandbox(gpu={"mode": "wholeGPU", "count": 4}, **RUNC),
+        sandbox(gpu={"mode": "wholeGPU", "count": 5}, **RUNC),
         NAMESPACE,
         "spec.gpu.count",
-        "exceeds the limit of 2 GPUs per object",
+        "exceeds the limit of 4 GPUs per object",
     ),
     (
         "non-root-off",
@@ -297,14 +305,42 @@ WEBHOOK_RULES: list[tuple[str, dict[str, Any], str, str, str]] = [
         model(gpu={"mode": "mig", "profile": "7g.80gb"}, **RUNC),
         NAMESPACE,
         "spec.gpu.profile",
-        "MIG profile '7g.80gb' is not offered",
+        "no node offers MIG profile '7g.80gb'; the nodes offer ['1g.10gb', '3g.40gb']",
+    ),
+    (
+        "model-source-not-readable",
+        model(model={"uri": "oci://registry.example/m:1"}),
+        NAMESPACE,
+        "spec.model.uri",
+        "oci:// sources cannot be read in this cluster",
+    ),
+    (
+        "model-max-replicas",
+        model(scaling={"maxReplicas": 5}),
+        NAMESPACE,
+        "spec.scaling.maxReplicas",
+        "5 exceeds the limit of 4 replicas per ModelDeployment",
+    ),
+    (
+        "model-gpus-at-full-scale",
+        model(scaling={"maxReplicas": 3}, gpu={"mode": "wholeGPU", "count": 4}, **RUNC),
+        NAMESPACE,
+        "spec.scaling.maxReplicas",
+        "hold up to 12 GPUs, above the limit of 8 per ModelDeployment",
+    ),
+    (
+        "model-checkpoint-in-kata",
+        model(engine={"type": "llamacpp"}, runtimeClassName="kata", wakeStrategy="checkpoint"),
+        NAMESPACE,
+        "spec.wakeStrategy",
+        "waking llamacpp from a checkpoint inside runtime class 'kata' needs a VM-snapshot",
     ),
     (
         "model-checkpoint-mig",
         model(gpu={"mode": "mig", "profile": "1g.10gb"}, wakeStrategy="checkpoint", **RUNC),
         NAMESPACE,
         "spec.wakeStrategy",
-        "waking from a checkpoint with a GPU (mode mig) cannot work",
+        "waking vllm from a checkpoint with a GPU (mode mig) cannot work",
     ),
 ]
 

@@ -25,13 +25,15 @@ class ClusterFacts:
     """What the webhook knows about the cluster when it decides.
 
     `runtime_classes` is None when the RuntimeClasses have not been observed (then only the
-    configuration is checked); `objects_in_namespace` counts objects of the same kind.
+    configuration is checked); `objects_in_namespace` counts objects of the same kind;
+    `mig_profiles_on_nodes` are the MIG profiles the nodes advertise (None: not observed).
     """
 
     namespace: str
     creating: bool
     runtime_classes: Collection[str] | None = None
     objects_in_namespace: int = 0
+    mig_profiles_on_nodes: Collection[str] | None = None
 
 
 def effective_runtime_class(
@@ -80,6 +82,13 @@ def gpu_problems(
             f"{field}.profile: MIG profile {gpu.profile!r} is not offered by this cluster;"
             f" use one of {config.mig_profiles}"
         )
+    elif gpu.mode == "mig" and not config.mig_profiles and facts.mig_profiles_on_nodes:
+        offered = sorted(facts.mig_profiles_on_nodes)
+        if gpu.profile not in offered:
+            problems.append(
+                f"{field}.profile: no node offers MIG profile {gpu.profile!r}; the nodes offer"
+                f" {offered} (or list the profiles the cluster will offer in migProfiles)"
+            )
     limits = config.limits_for(facts.namespace)
     if limits and limits.max_gpus_per_object is not None and gpu.count > limits.max_gpus_per_object:
         problems.append(
@@ -209,9 +218,44 @@ def validate_model(
     runtime_class = effective_runtime_class(spec.runtime_class_name, spec.gpu, config)
     problems = runtime_class_problems(runtime_class, "spec.runtimeClassName", config, facts)
     problems += gpu_problems(spec.gpu, "spec.gpu", config, facts)
+    return problems + model_problems(spec, runtime_class, config, facts)
+
+
+def model_problems(
+    spec: ModelDeploymentSpec, runtime_class: str, config: OperatorConfig, facts: ClusterFacts
+) -> list[str]:
+    """The ModelDeployment's own rules: a source the operator can read, a scale within the
+    namespace's limits, a wake strategy that can work with its engine, runtime and GPU."""
+    problems = []
+    scheme = spec.model.scheme
+    if scheme not in config.model_sources:
+        readable = [f"{name}://" for name in config.model_sources]
+        problems.append(
+            f"spec.model.uri: {scheme}:// sources cannot be read in this cluster"
+            f" (modelSources); use one of {readable}"
+        )
+    limits = config.limits_for(facts.namespace)
+    most = spec.scaling.max_replicas
+    if limits and limits.max_model_replicas is not None and most > limits.max_model_replicas:
+        problems.append(
+            f"spec.scaling.maxReplicas: {most} exceeds the limit of {limits.max_model_replicas}"
+            f" replicas per ModelDeployment in namespace {facts.namespace}"
+        )
+    if limits and limits.max_gpus_per_model is not None and spec.gpu is not None:
+        gpus = most * spec.gpu.count
+        if gpus > limits.max_gpus_per_model:
+            problems.append(
+                f"spec.scaling.maxReplicas: {most} replicas of {spec.gpu.count} GPU(s) each"
+                f" hold up to {gpus} GPUs, above the limit of {limits.max_gpus_per_model} per"
+                f" ModelDeployment in namespace {facts.namespace}; lower maxReplicas or gpu.count"
+            )
     if spec.wake_strategy == "checkpoint":
         problems += memory_checkpoint_problems(
-            runtime_class, spec.gpu, "spec.wakeStrategy", "waking from a checkpoint", config
+            runtime_class,
+            spec.gpu,
+            "spec.wakeStrategy",
+            f"waking {spec.engine.type} from a checkpoint",
+            config,
         )
     return problems
 

@@ -17,6 +17,7 @@ from kocoon.api import GROUP, VERSION
 from kocoon.api.model import ModelDeploymentSpec
 from kocoon.api.sandbox import SandboxSpec
 from kocoon.api.session import AgentSessionSpec
+from kocoon.builders.context import GpuResourceNames
 from kocoon.config import OperatorConfig
 from kocoon.webhooks import admission
 
@@ -32,6 +33,8 @@ OPERATIONS: list[Literal["CREATE", "UPDATE"]] = ["CREATE", "UPDATE"]
 RUNTIME_CLASS_INDEX = "kocoon_runtime_classes"
 SANDBOX_INDEX = "kocoon_sandboxes_by_namespace"
 SESSION_INDEX = "kocoon_sessions_by_namespace"
+MIG_PROFILE_INDEX = "kocoon_mig_profiles_on_nodes"
+MIG_RESOURCE_PREFIX = GpuResourceNames().mig_prefix
 
 ConfigGetter = Callable[[], OperatorConfig]
 
@@ -110,13 +113,26 @@ def _facts(
 ) -> admission.ClusterFacts:
     runtime_index = indices.get(RUNTIME_CLASS_INDEX)
     counts = indices.get(count_index)
+    mig_index = indices.get(MIG_PROFILE_INDEX)
     ns = namespace or ""
     return admission.ClusterFacts(
         namespace=ns,
         creating=operation == "CREATE",
         runtime_classes=set(runtime_index.get(None, [])) if runtime_index is not None else None,
         objects_in_namespace=len(counts.get(ns, [])) if counts is not None else 0,
+        mig_profiles_on_nodes=set(mig_index.keys()) if mig_index is not None else None,
     )
+
+
+def mig_profiles_offered(node: str, status: Any) -> dict[str, str]:
+    """The MIG profiles a node advertises (allocatable `nvidia.com/mig-<profile>` above 0),
+    each mapped to the node."""
+    allocatable = (status or {}).get("allocatable") or {}
+    return {
+        resource.removeprefix(MIG_RESOURCE_PREFIX): node
+        for resource, amount in allocatable.items()
+        if resource.startswith(MIG_RESOURCE_PREFIX) and str(amount) not in ("0", "")
+    }
 
 
 def register(registry: kopf.OperatorRegistry, config: ConfigGetter) -> None:
@@ -125,6 +141,10 @@ def register(registry: kopf.OperatorRegistry, config: ConfigGetter) -> None:
     @kopf.index("node.k8s.io", "v1", "runtimeclasses", id=RUNTIME_CLASS_INDEX, registry=registry)
     def runtime_classes(name: str, **_: Any) -> dict[None, str]:
         return {None: name}
+
+    @kopf.index("", "v1", "nodes", id=MIG_PROFILE_INDEX, registry=registry)
+    def mig_profiles(name: str, status: Any, **_: Any) -> dict[str, str]:
+        return mig_profiles_offered(name, status)
 
     @kopf.index(GROUP, VERSION, "sandboxes", id=SANDBOX_INDEX, registry=registry)
     def sandboxes(namespace: str | None, name: str, **_: Any) -> dict[str | None, str]:
