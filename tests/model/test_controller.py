@@ -295,3 +295,82 @@ def engine_at(log: Path, host: str, port: int, served_name: str) -> Iterator[str
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_an_evicted_replica_is_replaced_and_counted_and_a_spec_change_rolls_replicas(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "evict")
+    create(cluster, namespace, "v", replicas=1, cache={"size": "1Gi"})
+    wait_status(cluster, namespace, "v", "Ready", phase_is("Ready"))
+    cache = wait_for(
+        "the cache claim", lambda: get(cluster, "pvc", namespace, "kocoon-model-v-cache")
+    )
+    assert cache["metadata"]["ownerReferences"][0]["name"] == "v"
+    first = get(cluster, "pod", namespace, "kocoon-model-v-0")
+    assert first is not None
+
+    # What the kubelet reports for an evicted pod.
+    cluster.kubectl(
+        "patch",
+        "pod",
+        "kocoon-model-v-0",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(
+            {
+                "status": {
+                    "phase": "Failed",
+                    "reason": "Evicted",
+                    "message": "The node was low on resource: memory.",
+                }
+            }
+        ),
+    )
+
+    def replaced(old: dict[str, Any]) -> Any:
+        def probe() -> dict[str, Any] | None:
+            pod = get(cluster, "pod", namespace, "kocoon-model-v-0")
+            if pod and pod["metadata"]["uid"] != old["metadata"]["uid"]:
+                return pod
+            return None
+
+        return probe
+
+    second = wait_for("the evicted replica to be replaced", replaced(first))
+    counted = wait_status(cluster, namespace, "v", "Ready again", phase_is("Ready"))
+    failed = [e for e in events(cluster, namespace, "v") if e["reason"] == "ReplicaFailed"]
+    assert failed, "no ReplicaFailed event"
+    assert "Evicted" in failed[0]["message"]
+    assert "low on resource" in failed[0]["message"]
+    assert counted.get("restarts") is None  # all ready again: the count starts over
+
+    # A new engine argument is a new pod template: the replica is replaced by one built from
+    # it; the cache left the spec, so its claim goes.
+    cluster.kubectl(
+        "patch",
+        KIND,
+        "v",
+        "-n",
+        namespace,
+        "--type=json",
+        "-p",
+        json.dumps(
+            [
+                {"op": "add", "path": "/spec/engine/args", "value": ["--ctx-size=1024"]},
+                {"op": "remove", "path": "/spec/cache"},
+            ]
+        ),
+    )
+    third = wait_for("the replica to be rebuilt", replaced(second))
+    assert "--ctx-size=1024" in third["spec"]["containers"][0]["args"]
+
+    def claim_gone() -> bool:
+        claim = get(cluster, "pvc", namespace, "kocoon-model-v-cache")
+        return claim is None or bool(claim["metadata"].get("deletionTimestamp"))
+
+    wait_for("the cache claim to be pruned", claim_gone)
+    wait_status(cluster, namespace, "v", "Ready on the new template", phase_is("Ready"))

@@ -40,7 +40,15 @@ from kocoon.controllers.observe import STALE_IN_FLIGHT_LEASES, STALE_IN_FLIGHT_S
 from kocoon.controllers.reconciler import Key, Reconciler, Result
 from kocoon.decide import model as decide
 from kocoon.kube import client, events
-from kocoon.kube.resources import GROUP, LEASE, MODEL_DEPLOYMENT, POD, VERSION
+from kocoon.kube.resources import (
+    GROUP,
+    LEASE,
+    MODEL_DEPLOYMENT,
+    POD,
+    PVC,
+    RESOURCE_CLAIM_TEMPLATE,
+    VERSION,
+)
 from kocoon.status import ConditionUpdate, merge_conditions, status_patch
 
 log = logging.getLogger(__name__)
@@ -240,7 +248,7 @@ class ModelController:
         lease = self.leases.get(
             key.namespace, contract.activity_lease_name(contract.TARGET_KIND_MODEL, key.name)
         )
-        if lease is None or not _lease_owned(lease, owner):
+        if lease is None or not _owned_by(lease, owner):
             await client.apply(ctx.api, model_builder.activity_lease(owner))
         pods = self.pods.select(key.namespace, {contract.MODEL_LABEL: key.name})
         try:
@@ -324,6 +332,12 @@ class ModelController:
                     raise
                 kind = child.get("kind")
                 problems.append(f"{kind} {child['metadata']['name']}: {error.message}")
+        try:
+            await self._prune(owner, spec)
+        except client.ApiError as error:
+            if common.namespace_terminating(error):
+                raise
+            problems.append(f"pruning: {error.message}")
         if problems:
             self._children_applied.pop(key, None)
             return ConditionUpdate(
@@ -334,6 +348,29 @@ class ModelController:
             )
         self._children_applied[key] = (generation, time.monotonic())
         return ConditionUpdate(ConditionType.CHILDREN_READY, True, Reason.CHILDREN_APPLIED)
+
+    async def _prune(self, owner: Identity, spec: ModelDeploymentSpec) -> None:
+        """Delete the children the spec no longer wants (cache removed: its claim; GPU slice
+        no longer DRA: its claim template), if they are ours."""
+        unwanted = []
+        if spec.cache is None:
+            unwanted.append((PVC, model_builder.cache_claim_name(owner.name)))
+        if spec.gpu is None or spec.gpu.mode != "dra":
+            unwanted.append(
+                (RESOURCE_CLAIM_TEMPLATE, model_builder.gpu_claim_template_name(owner.name))
+            )
+        for kind, name in unwanted:
+            found = await client.get(self.ctx.api, kind, owner.namespace, name)
+            if found is None or not _owned_by(found, owner):
+                continue
+            log.info("pruning %s %s", kind.kind, name, extra={"modeldeployment": owner.name})
+            await client.delete(
+                self.ctx.api,
+                kind,
+                owner.namespace,
+                name,
+                preconditions_uid=found["metadata"]["uid"],
+            )
 
     async def _act(
         self,
@@ -463,8 +500,8 @@ class ModelController:
                 await events.post(api, body, events.WARNING, condition.reason, condition.message)
 
 
-def _lease_owned(lease: Mapping[str, Any], owner: Identity) -> bool:
-    references = (lease.get("metadata") or {}).get("ownerReferences") or []
+def _owned_by(child: Mapping[str, Any], owner: Identity) -> bool:
+    references = (child.get("metadata") or {}).get("ownerReferences") or []
     return any(ref.get("uid") == owner.uid for ref in references)
 
 
