@@ -549,5 +549,21 @@ def down(name: str = DEFAULT_NAME) -> bool:
     return True
 
 
+# The API key `make dev` creates for the dev cluster's model endpoint, kept in the cluster's
+# directory so `kocoon dev env` can hand it to the `openai` SDK and curl.
+DEV_API_KEY_FILE = "dev-api-key"
+
+
 def env_lines(state: ClusterState) -> list[str]:
-    return [f"export KUBECONFIG={state.kubeconfig}", f"export KOCOON_CLUSTER={state.name}"]
+    """Shell exports for the cluster; with the router running, its URL, and with the dev API
+    key made, what the `openai` SDK reads (OPENAI_BASE_URL, OPENAI_API_KEY)."""
+    lines = [f"export KUBECONFIG={state.kubeconfig}", f"export KOCOON_CLUSTER={state.name}"]
+    port = state.ports.get("kocoon-router")
+    if port is None:
+        return lines
+    router = f"http://127.0.0.1:{port}"
+    lines += [f"export KOCOON_ROUTER_URL={router}", f"export OPENAI_BASE_URL={router}/v1"]
+    key_file = Path(state.directory) / DEV_API_KEY_FILE
+    if key_file.exists():
+        lines.append(f"export OPENAI_API_KEY={key_file.read_text().strip()}")
+    return lines
