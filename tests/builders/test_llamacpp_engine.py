@@ -39,7 +39,7 @@ def test_llama_server_runs_the_built_arguments_and_sleeps_by_the_protocol(
                     "model": {"uri": "oci://kocoon.local/smollm2:local"},
                     "engine": {
                         "type": "llamacpp",
-                        "args": ["--host=127.0.0.1", f"--port={port}"],
+                        "args": ["--host", "127.0.0.1", "--port", str(port)],
                     },
                     "wakeStrategy": "engineSleep",
                     "scaling": {"scaleDownDelay": "1s", "targetConcurrency": 2},

@@ -344,7 +344,7 @@ def llamacpp(inputs: EngineInputs) -> EngineContainer:
     loading, then 200 (also while asleep). Sleeping on idle (same README): after N idle
     seconds the model is unloaded and the next request reloads it; `GET /props` reports
     `is_sleeping`, and `/health`, `/props`, `/models`, `/metrics` neither wake it nor reset
-    the timer.
+    the timer. llama-server takes `--flag value`, not `--flag=value`, in `engine.args` too.
     """
     spec, settings = inputs.spec, inputs.settings
     sleeping = spec.wake_strategy == "engineSleep"
