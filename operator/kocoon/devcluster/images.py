@@ -1,11 +1,17 @@
 """Container images for the real node, built locally: no registry is involved.
 
-Three images, each an OCI archive that containerd imports under `kocoon.local/<name>:local`:
+Each image is an OCI archive that containerd imports under `kocoon.local/<name>:local`:
 
 - `pause`: the pod sandbox's process (`images/pause`, a tiny Go program);
 - `busybox`: the distribution's static busybox with its applet links;
 - `python`: a debootstrap minbase of this machine's Debian release with `python3`, plus the
-  in-memory-state test workload `kocoon-counter` (`images/python/counter_server.py`).
+  in-memory-state test workload `kocoon-counter` (`images/python/counter_server.py`);
+- `llamacpp`: the CPU model engine, `llama-server` (built by setup/llamacpp.sh) and exactly the
+  shared libraries it loads (glibc, libstdc++, libgomp, libgcc_s), entrypoint the server;
+- `smollm2`: data only, the SmolLM2-135M GGUF at `/models/`, for a Kubernetes image volume.
+
+The two engine images are built when setup/llamacpp.sh has run (`make llamacpp`); without it
+they are left out of the default set with a note, and asking for them by name fails.
 
 Layers are cached by the content of their inputs under `$KOCOON_CACHE/images`, so a second
 build only re-packs the small archives. Pods that use these images set
@@ -32,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kocoon.devcluster import binaries
+from kocoon import contract
+from kocoon.devcluster import binaries, engines
 
 log = logging.getLogger("kocoon.devcluster.images")
 
@@ -41,6 +48,8 @@ TAG = "local"
 PAUSE = "pause"
 BUSYBOX = "busybox"
 PYTHON = "python"
+LLAMACPP = "llamacpp"
+SMOLLM2 = "smollm2"
 # Bump when a recipe changes in a way its inputs do not show.
 RECIPE_VERSION = "1"
 # Where the test workload lives inside the python image.
@@ -441,17 +450,98 @@ def python_recipe() -> Recipe:
     return Recipe(PYTHON, (base, app), config)
 
 
+def shared_libraries(ldd_output: str) -> list[Path]:
+    """The libraries `ldd` says a program loads (the loader included), as the paths it names."""
+    found: list[Path] = []
+    for line in ldd_output.splitlines():
+        line = line.strip()
+        if "=>" in line:
+            target = line.split("=>", 1)[1].strip().split(" (", 1)[0].strip()
+            if target == "not found" or not target:
+                lib = line.split("=>", 1)[0].strip()
+                raise ImageBuildError(f"{lib}: not found by ldd (is its Debian package installed?)")
+        else:
+            target = line.split(" (", 1)[0].strip()
+        if target.startswith("/"):
+            found.append(Path(target))
+    return found
+
+
+def _copy_file(source: Path, rootfs: Path, at: Path, mode: int = 0o755) -> None:
+    target = rootfs / str(at).lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.resolve().read_bytes())
+    target.chmod(mode)
+
+
+def llamacpp_recipe() -> Recipe:
+    """llama-server with exactly the host libraries it loads: no distribution root filesystem."""
+    try:
+        server = engines.llama_server()
+    except engines.EngineNotInstalledError as error:
+        raise ImageBuildError(str(error)) from error
+    libraries = shared_libraries(_run(["ldd", str(server)], f"ldd {server}"))
+    digests = [hashlib.sha256(server.read_bytes()).hexdigest()]
+    digests += [
+        f"{lib}:{hashlib.sha256(lib.resolve().read_bytes()).hexdigest()}" for lib in libraries
+    ]
+
+    def make(rootfs: Path) -> None:
+        _base_dirs(rootfs)
+        _copy_file(server, rootfs, Path(engines.IMAGE_LLAMA_SERVER))
+        for lib in libraries:
+            _copy_file(lib, rootfs, lib)
+        (rootfs / engines.IMAGE_MODEL_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+    layer = Layer(LLAMACPP, content_key(*digests), make)
+    config = ImageConfig(
+        entrypoint=(engines.IMAGE_LLAMA_SERVER,),
+        cmd=("--host", "0.0.0.0", "--port", str(contract.ENGINE_PORT)),
+        env=(f"PATH={DEFAULT_PATH}", "LANG=C.UTF-8"),
+        exposed_ports=(contract.ENGINE_PORT,),
+    )
+    return Recipe(LLAMACPP, (layer,), config)
+
+
+def smollm2_recipe() -> Recipe:
+    """The model as an image: `/models/SmolLM2-135M-Instruct.Q4_1.gguf`, nothing else."""
+    try:
+        model = engines.smollm2_model()
+    except engines.EngineNotInstalledError as error:
+        raise ImageBuildError(str(error)) from error
+
+    def make(rootfs: Path) -> None:
+        _copy_file(model, rootfs, Path(engines.IMAGE_SMOLLM2), mode=0o444)
+
+    # setup/llamacpp.sh verified the file's sha256; the size check above guards a swap since.
+    layer = Layer(SMOLLM2, content_key(engines.SMOLLM2_SHA256, str(engines.SMOLLM2_SIZE)), make)
+    return Recipe(SMOLLM2, (layer,), ImageConfig(env=()))
+
+
 RECIPES: dict[str, Callable[[], Recipe]] = {
     PAUSE: pause_recipe,
     BUSYBOX: busybox_recipe,
     PYTHON: python_recipe,
+    LLAMACPP: llamacpp_recipe,
+    SMOLLM2: smollm2_recipe,
 }
+# Built only when setup/llamacpp.sh has put the engine and the model in the cache.
+ENGINE_IMAGES = (LLAMACPP, SMOLLM2)
 
 
-def build_all(names: Iterable[str] = tuple(RECIPES)) -> dict[str, Path]:
-    """Build (or find cached) archives for the named images: {name: archive path}."""
+def default_images() -> tuple[str, ...]:
+    """Every image, less the engine images while setup/llamacpp.sh has not run."""
+    if engines.installed():
+        return tuple(RECIPES)
+    log.info("engine images %s skipped: %s", ", ".join(ENGINE_IMAGES), engines.SETUP_HINT)
+    return tuple(name for name in RECIPES if name not in ENGINE_IMAGES)
+
+
+def build_all(names: Iterable[str] | None = None) -> dict[str, Path]:
+    """Build (or find cached) archives for the named images (default: `default_images()`):
+    {name: archive path}."""
     archives = {}
-    for name in names:
+    for name in default_images() if names is None else names:
         started = time.monotonic()
         archives[name] = archive(RECIPES[name]())
         log.info(
@@ -472,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown image(s) {unknown}: choose from {sorted(RECIPES)}", file=sys.stderr)
         return 2
     try:
-        for name, path in build_all(names or tuple(RECIPES)).items():
+        for name, path in build_all(names or None).items():
             print(f"{reference(name)} {path}")
     except ImageBuildError as error:
         print(f"images: {error}", file=sys.stderr)
