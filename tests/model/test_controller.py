@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from kocoon import contract
@@ -272,12 +273,18 @@ def test_a_woken_replica_serves_a_real_engine_at_its_backend_address(
 
 
 @contextlib.contextmanager
-def engine_at(log: Path, host: str, port: int, served_name: str) -> Iterator[str]:
+def engine_at(
+    log: Path, host: str, port: int, served_name: str, sleep_idle_seconds: int | None = None
+) -> Iterator[str]:
     """llama-server with SmolLM2 bound at `host:port` (a kwok pod's loopback address)."""
     argv = [
         str(engines.llama_server()),
         *engines.server_args(
-            engines.smollm2_model(), served_name=served_name, host=host, port=port
+            engines.smollm2_model(),
+            served_name=served_name,
+            host=host,
+            port=port,
+            sleep_idle_seconds=sleep_idle_seconds,
         ),
     ]
     with open(log, "ab") as out:
@@ -374,3 +381,49 @@ def test_an_evicted_replica_is_replaced_and_counted_and_a_spec_change_rolls_repl
 
     wait_for("the cache claim to be pruned", claim_gone)
     wait_status(cluster, namespace, "v", "Ready on the new template", phase_is("Ready"))
+
+
+def test_engine_sleep_keeps_a_llama_server_replica_and_reports_it_asleep(
+    cluster: Cluster, operator: OperatorProcess, engine_log: Path
+) -> None:
+    namespace = new_namespace(cluster, "sleep")
+    create(
+        cluster,
+        namespace,
+        "z",
+        wakeStrategy="engineSleep",
+        scaling={"minReplicas": 0, "maxReplicas": 1, "scaleDownDelay": "2s"},
+    )
+    # engineSleep never scales to zero: the replica stays and its engine sleeps instead.
+    ready = wait_status(cluster, namespace, "z", "Ready", phase_is("Ready"))
+    pod = get(cluster, "pod", namespace, "kocoon-model-z-0")
+    assert pod is not None
+    args = pod["spec"]["containers"][0]["args"]
+    idle = int(args[args.index("--sleep-idle-seconds") + 1])
+    assert idle == 2  # the engine sleeps after scaleDownDelay without requests
+    host, port = ready["backends"][0]["address"].rsplit(":", 1)
+    with engine_at(engine_log, host, int(port), "z", sleep_idle_seconds=idle) as base_url:
+
+        def asleep_reported(current: dict[str, Any]) -> bool:
+            found = {c["type"]: c for c in current.get("conditions") or []}
+            message = found.get("WakeStrategyAvailable", {}).get("message", "")
+            return message.endswith("now 1 of 1 asleep")
+
+        slept = wait_status(cluster, namespace, "z", "the engine reported asleep", asleep_reported)
+        _, props = engines.http_json(f"{base_url}/props")
+        assert props["is_sleeping"] is True
+        # It still takes requests: llama-server reloads the model by itself.
+        assert slept["backends"][0]["sleeping"] is False
+        assert slept["phase"] == "Ready"
+        assert len(replica_pods(cluster, namespace, "z")) == 1
+        client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(
+            model="z",
+            messages=[
+                {"role": "user", "content": "What is the capital of France? Answer in one word."}
+            ],
+            max_tokens=16,
+            temperature=0,
+            seed=1,
+        )
+        assert "Paris" in (reply.choices[0].message.content or "")

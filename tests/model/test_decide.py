@@ -53,6 +53,7 @@ def observe(
     template_hash: str = "",
     checkpoint_unavailable: str | None = None,
     gpu_resources: tuple[str, ...] = (),
+    sleep_needs_wake: bool = False,
     **spec_fields: Any,
 ) -> model.Observed:
     return model.Observed(
@@ -66,6 +67,7 @@ def observe(
         template_hash=template_hash,
         checkpoint_unavailable=checkpoint_unavailable,
         gpu_resources=gpu_resources,
+        sleep_needs_wake=sleep_needs_wake,
     )
 
 
@@ -622,3 +624,35 @@ def test_a_replica_unschedulable_for_another_reason_is_not_blamed_on_the_slice()
     scheduled = condition(decision, ConditionType.POD_SCHEDULED)
     assert scheduled.reason == Reason.UNSCHEDULABLE
     assert scheduled.message == f"kocoon-model-m-0: {message}"
+
+
+def test_a_sleeping_llama_server_is_reported_and_still_gets_requests() -> None:
+    decision = model.decide(
+        observe(
+            replica(asleep=True),
+            previous=ready_previous(1),
+            wakeStrategy="engineSleep",
+        )
+    )
+    assert decision.backends == (model.Backend("kocoon-model-m-0", "127.1.1.1:8000", True),)
+    wake = condition(decision, ConditionType.WAKE_STRATEGY_AVAILABLE)
+    assert wake.message.endswith("now 1 of 1 asleep")
+    assert decision.requeue_after == pytest.approx(model.ENGINE_SLEEP_POLL_SECONDS)
+
+
+def test_a_sleeping_engine_that_needs_a_wake_is_marked_for_the_router() -> None:
+    decision = model.decide(
+        observe(
+            replica(0, asleep=True),
+            replica(1, asleep=False),
+            previous=ready_previous(2),
+            replicas=2,
+            wakeStrategy="engineSleep",
+            engine={"type": "vllm"},
+            sleep_needs_wake=True,
+        )
+    )
+    assert [(b.pod, b.sleeping) for b in decision.backends] == [
+        ("kocoon-model-m-0", True),
+        ("kocoon-model-m-1", False),
+    ]

@@ -34,7 +34,7 @@ from kocoon.api.model import (
 from kocoon.builders import gpu
 from kocoon.builders import model as model_builder
 from kocoon.builders.context import Identity
-from kocoon.controllers import common, failpoints, metrics
+from kocoon.controllers import common, engine_sleep, failpoints, metrics
 from kocoon.controllers.context import OperatorContext, current, resync_seconds
 from kocoon.controllers.observe import STALE_IN_FLIGHT_LEASES, STALE_IN_FLIGHT_SECONDS, parse_time
 from kocoon.controllers.reconciler import Key, Reconciler, Result
@@ -257,6 +257,9 @@ class ModelController:
             await self._source_unusable(body, status, generation, str(error))
             return Result()
         replicas = tuple(r for p in pods if (r := replica_view(p)) is not None)
+        protocol = model_builder.engine_container(owner, spec, ctx.build).sleep
+        if protocol is not None and protocol.status is not None:
+            replicas = await engine_sleep.ask(replicas, protocol)
         observed = decide.Observed(
             name=key.name,
             spec=spec,
@@ -268,6 +271,7 @@ class ModelController:
             template_hash=template_hash(sample),
             checkpoint_unavailable=self._checkpoint_unavailable(spec),
             gpu_resources=tuple(gpu.extended_resources(spec.gpu, ctx.build)),
+            sleep_needs_wake=protocol is not None and protocol.wake is not None,
         )
         decision = decide.decide(observed)
         await self._act(owner, spec, decision, observed, lease)

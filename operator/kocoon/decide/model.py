@@ -34,6 +34,8 @@ MAX_REPLACEMENTS = 3
 ACCOUNTING_STEP_SECONDS = 60.0
 # Waiting on a pod that is being deleted (its index is needed again).
 DELETING_POLL_SECONDS = 1.0
+# `engineSleep`: how often the engines of ready replicas are asked whether they sleep.
+ENGINE_SLEEP_POLL_SECONDS = 10.0
 # Container states that a new pod would not cure: reported, not replaced.
 STUCK_WAITING_REASONS = frozenset(
     {
@@ -70,6 +72,8 @@ class Replica:
     failed_reason: str | None = None
     # The pod template the replica was built from; a different one is replaced.
     template_hash: str | None = None
+    # `engineSleep`: whether the engine says it sleeps (None: not asked, or no answer).
+    asleep: bool | None = None
 
     @property
     def address(self) -> str | None:
@@ -136,6 +140,9 @@ class Observed:
     # The extended resources a replica's GPU slice asks for (e.g. `nvidia.com/mig-1g.10gb`):
     # a scheduler refusal naming one of them is "no node offers the slice".
     gpu_resources: tuple[str, ...] = ()
+    # `engineSleep`: whether a sleeping engine needs an explicit wake (vLLM, SGLang) or wakes
+    # by itself on the next request (llama-server). Only the first kind is kept from requests.
+    sleep_needs_wake: bool = False
 
 
 @dataclass(frozen=True)
@@ -328,7 +335,7 @@ def decide(observed: Observed) -> Decision:
         create=create,
         delete=tuple(delete),
         conditions=conditions,
-        backends=backends(staying),
+        backends=backends(staying, observed.sleep_needs_wake),
         replicas=len(staying) + len(create),
         ready_replicas=len(ready),
         usage=usage,
@@ -490,12 +497,18 @@ def wake_strategy_condition(observed: Observed) -> ConditionUpdate:
     kind = ConditionType.WAKE_STRATEGY_AVAILABLE
     if strategy == "engineSleep":
         if spec.engine.type == "llamacpp":
+            asked = [
+                r for r in observed.replicas if r.ready and not r.deleting and r.asleep is not None
+            ]
+            now = ""
+            if asked:
+                now = f"; now {sum(1 for r in asked if r.asleep)} of {len(asked)} asleep"
             return ConditionUpdate(
                 kind,
                 True,
                 Reason.WAKE_STRATEGY_SUPPORTED,
                 "engineSleep: replicas stay; llama-server unloads the model when idle"
-                " (--sleep-idle-seconds) and reloads it on the next request",
+                f" (--sleep-idle-seconds) and reloads it on the next request{now}",
             )
         return ConditionUpdate(
             kind,
@@ -553,7 +566,7 @@ def _failed(
             ConditionUpdate(ConditionType.READY, False, Reason.REPLICA_FAILED, message),
             wake_strategy_condition(observed),
         ),
-        backends=backends(staying),
+        backends=backends(staying, observed.sleep_needs_wake),
         replicas=len(staying),
         ready_replicas=sum(1 for r in staying if r.ready and r.ip),
         usage=replace(usage, wake_count=previous.usage.wake_count),
@@ -569,10 +582,17 @@ def _failed(
     )
 
 
-def backends(staying: list[Replica]) -> tuple[Backend, ...]:
-    """Every replica with an address, by index; `ready` says whether to send it requests."""
+def backends(staying: list[Replica], sleep_needs_wake: bool = False) -> tuple[Backend, ...]:
+    """Every replica with an address, by index; `ready` says whether to send it requests, and
+    `sleeping` that it sleeps and must be woken first (an engine that wakes by itself on a
+    request is never marked: the router may send it one)."""
     return tuple(
-        Backend(pod=r.name, address=r.address, ready=r.ready)
+        Backend(
+            pod=r.name,
+            address=r.address,
+            ready=r.ready,
+            sleeping=bool(r.asleep) and sleep_needs_wake,
+        )
         for r in sorted(staying, key=lambda r: r.index)
         if r.address
     )
@@ -637,6 +657,8 @@ def _requeue(
         candidates.append(ACCOUNTING_STEP_SECONDS)
     if waiting_on_deleting:
         candidates.append(DELETING_POLL_SECONDS)
+    if observed.spec.wake_strategy == "engineSleep" and billed:
+        candidates.append(ENGINE_SLEEP_POLL_SECONDS)
     until = observed.demand.in_flight_valid_until
     if observed.demand.in_flight > 0 and until is not None and until > now:
         candidates.append((until - now).total_seconds())
