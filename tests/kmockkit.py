@@ -103,3 +103,13 @@ def stored(
     if getattr(obj, "deleted", False):
         return None
     return dict(obj)
+
+
+def events(k: kmock.KubernetesEmulator, namespace: str) -> list[dict[str, Any]]:
+    """The Events posted in a namespace, as the emulator holds them."""
+    found = []
+    for key, obj in k.objects.items():
+        deleted = getattr(obj, "deleted", False)
+        if "events" in str(key[0]) and key[1] == namespace and not deleted:
+            found.append(dict(obj))
+    return found

@@ -12,7 +12,7 @@ makes an operator restart at any point converge: the state is in the cluster, no
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -22,6 +22,9 @@ from kocoon.status import ConditionUpdate
 
 # Requests seen this recently count as activity even with nothing in flight.
 ACTIVE_WINDOW = timedelta(seconds=30)
+# Pods replaced after failing (evicted, exited) or container restarts of one pod (a crash
+# loop) before the sandbox is Failed; a spec change starts the count again.
+MAX_POD_FAILURES = 5
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,12 @@ class PodView:
     # checkpoint beside it; `restored` names the checkpoint once that happened.
     held: bool = False
     restored: str | None = None
+    # The pod ended (phase Failed, e.g. evicted, or Succeeded): it never runs again.
+    ended: bool = False
+    # Why its container last stopped or waits (OOMKilled, Error, CrashLoopBackOff…), and how
+    # often the kubelet restarted it in this pod.
+    container_reason: str | None = None
+    container_restarts: int = 0
 
     @property
     def placeholder_only(self) -> bool:
@@ -85,6 +94,14 @@ class Observed:
     memory_checkpoint_supported: bool = True
     # When the sandbox last became Running (the Ready condition's transition time).
     running_since: datetime | None = None
+    # How it hibernates (`defaults.effective_hibernation`); None: decided from
+    # `memory_checkpoint_supported` alone.
+    hibernation: str | None = None
+    # Pods replaced after they failed, since the spec last changed (status.restarts).
+    restarts: int = 0
+    # The checkpoint its AgentSession asked to release (the release-checkpoint annotation;
+    # "" for whichever it has), or None.
+    release_requested: str | None = None
 
 
 class Action(StrEnum):
@@ -107,7 +124,10 @@ class Decision:
     message: str = ""
     # Ask to be called again this soon even if nothing changes (idle deadlines, polling).
     requeue_after: float | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    # A failed pod is being replaced: one more for status.restarts.
+    count_restart: bool = False
+    # The Event for `reason` is a Warning (something is wrong), not Normal.
+    warning: bool = False
 
 
 def checkpoint_id(sandbox: str, pod_uid: str) -> str:
@@ -119,6 +139,14 @@ def hibernation_mode(spec: SandboxSpec, memory_supported: bool) -> str:
     if spec.hibernation is not None:
         return spec.hibernation
     return "memory" if memory_supported else "filesystem"
+
+
+def mode_of(observed: Observed) -> str:
+    """How this sandbox hibernates: the effective mode the controller passed in, else the
+    spec's, else memory where it is supported."""
+    if observed.hibernation is not None:
+        return observed.hibernation
+    return hibernation_mode(observed.spec, observed.memory_checkpoint_supported)
 
 
 def last_activity(observed: Observed) -> datetime:
@@ -148,7 +176,7 @@ def idle_deadline(observed: Observed) -> datetime | None:
     spec = observed.spec
     if spec.operating_mode != "Auto" or spec.idle_timeout is None:
         return None
-    if hibernation_mode(spec, observed.memory_checkpoint_supported) == "none":
+    if mode_of(observed) == "none":
         return None
     return last_activity(observed) + spec.idle_timeout
 
@@ -184,7 +212,63 @@ def decide(observed: Observed) -> Decision:
         return _hibernated(observed)
     if phase is SandboxPhase.WAKING:
         return _waking(observed)
+    if phase is SandboxPhase.FAILED and observed.restarts >= MAX_POD_FAILURES:
+        return _failed(observed)
     return _awake(observed, phase)
+
+
+def _failed(observed: Observed) -> Decision:
+    """Failed after repeated pod failures: no pod until the spec changes (which resets the
+    count), so a crash loop does not run forever."""
+    pod = observed.pod
+    actions = (Action.DELETE_POD,) if pod is not None and not pod.deleting else ()
+    return Decision(SandboxPhase.FAILED, actions)
+
+
+def _pod_failure(observed: Observed, phase: SandboxPhase) -> Decision | None:
+    """A pod that ended (evicted, exited) is replaced and counted; one whose container keeps
+    crashing counts its restarts. After MAX_POD_FAILURES the sandbox is Failed, with the
+    container's reason."""
+    pod = observed.pod
+    if pod is None or pod.deleting:
+        return None
+    why = pod.container_reason or pod.phase
+    if pod.ended:
+        failures = observed.restarts + 1
+        if failures >= MAX_POD_FAILURES:
+            return _give_up(observed, why, failures, count=True)
+        return Decision(
+            phase if phase is SandboxPhase.WAKING else SandboxPhase.STARTING,
+            (Action.DELETE_POD,),
+            (
+                ConditionUpdate(
+                    ConditionType.READY,
+                    False,
+                    Reason.POD_FAILED,
+                    f"the pod ended ({why}); replacing it ({failures} of {MAX_POD_FAILURES})",
+                ),
+            ),
+            reason=Reason.POD_FAILED,
+            message=f"the pod ended ({why}); replacing it",
+            count_restart=True,
+            warning=True,
+        )
+    if observed.restarts + pod.container_restarts >= MAX_POD_FAILURES:
+        return _give_up(observed, why, observed.restarts + pod.container_restarts, count=False)
+    return None
+
+
+def _give_up(observed: Observed, why: str, failures: int, *, count: bool) -> Decision:
+    message = f"the pod failed {failures} times, last: {why}; fix the spec to retry"
+    return Decision(
+        SandboxPhase.FAILED,
+        (Action.DELETE_POD,),
+        (ConditionUpdate(ConditionType.READY, False, Reason.POD_FAILED, message),),
+        reason=Reason.POD_FAILED,
+        message=message,
+        count_restart=count,
+        warning=True,
+    )
 
 
 def _seconds_until(observed: Observed, moment: datetime | None) -> float | None:
@@ -223,6 +307,7 @@ def _expire(observed: Observed) -> Decision:
 def _awake(observed: Observed, phase: SandboxPhase) -> Decision:
     """Pending, Starting, Running (and Failed, which retries): keep a pod up, or hibernate."""
     pod = observed.pod
+    failure = _pod_failure(observed, phase)
     asleep, why = wants_asleep(observed)
     clear = (Action.CLEAR_WAKE_REQUEST,) if wake_requested(observed) else ()
     # Idle is a property of a running sandbox: one still starting has not been used yet.
@@ -235,6 +320,8 @@ def _awake(observed: Observed, phase: SandboxPhase) -> Decision:
             reason=why,
             message=_hibernate_message(observed, why),
         )
+    if failure is not None:
+        return failure
     if pod is not None and pod.placeholder_only and not pod.deleting:
         return Decision(
             SandboxPhase.STARTING,
@@ -264,6 +351,7 @@ def _awake(observed: Observed, phase: SandboxPhase) -> Decision:
             ),
             reason=Reason.UNSCHEDULABLE,
             message=pod.unschedulable,
+            warning=True,
         )
     if not pod.ready:
         return Decision(
@@ -272,7 +360,11 @@ def _awake(observed: Observed, phase: SandboxPhase) -> Decision:
             (
                 ConditionUpdate(ConditionType.POD_SCHEDULED, True, Reason.POD_SCHEDULED, ""),
                 ConditionUpdate(
-                    ConditionType.READY, False, Reason.POD_NOT_READY, f"pod is {pod.phase}"
+                    ConditionType.READY,
+                    False,
+                    Reason.POD_NOT_READY,
+                    f"pod is {pod.phase}"
+                    + (f" ({pod.container_reason})" if pod.container_reason else ""),
                 ),
             ),
         )
@@ -292,7 +384,7 @@ def _awake(observed: Observed, phase: SandboxPhase) -> Decision:
 
 
 def _hibernate_message(observed: Observed, why: Reason) -> str:
-    mode = hibernation_mode(observed.spec, observed.memory_checkpoint_supported)
+    mode = mode_of(observed)
     if why is Reason.IDLE_TIMEOUT:
         return f"idle for {observed.spec.idle_timeout}; hibernating ({mode})"
     return f"operatingMode is Hibernated; hibernating ({mode})"
@@ -304,7 +396,7 @@ def _hibernated_condition(hibernated: bool, reason: Reason, message: str = "") -
 
 def _continue_hibernating(observed: Observed) -> Decision:
     pod = observed.pod
-    mode = hibernation_mode(observed.spec, observed.memory_checkpoint_supported)
+    mode = mode_of(observed)
     not_ready = ConditionUpdate(
         ConditionType.READY, False, Reason.SANDBOX_HIBERNATED, "hibernating"
     )
@@ -355,6 +447,15 @@ def _hibernated(observed: Observed) -> Decision:
         return Decision(SandboxPhase.HIBERNATED, (Action.DELETE_POD,))
     if not wake:
         stale = (Action.CLEAR_WAKE_REQUEST,) if wake_requested(observed) else ()
+        release = _release_requested(observed)
+        if release is not None:
+            return Decision(
+                SandboxPhase.HIBERNATED,
+                (Action.RELEASE_CHECKPOINT, *stale),
+                (release,),
+                reason=Reason.HIBERNATED_STATE_RELEASED,
+                message=release.message,
+            )
         return Decision(SandboxPhase.HIBERNATED, stale)
     why = "a request arrived" if wake_requested(observed) else "operatingMode is Running"
     return Decision(
@@ -366,6 +467,20 @@ def _hibernated(observed: Observed) -> Decision:
     )
 
 
+def _release_requested(observed: Observed) -> ConditionUpdate | None:
+    """The AgentSession asked to drop the hibernated memory (its retention ended): release the
+    checkpoint it named and stay Hibernated, without memory."""
+    wanted, checkpoint = observed.release_requested, observed.checkpoint
+    if wanted is None or checkpoint is None or wanted not in ("", checkpoint.id):
+        return None
+    return ConditionUpdate(
+        ConditionType.CHECKPOINT_AVAILABLE,
+        False,
+        Reason.HIBERNATED_STATE_RELEASED,
+        f"checkpoint {checkpoint.id} released on request; the next wake starts cold",
+    )
+
+
 def _waking(observed: Observed) -> Decision:
     pod = observed.pod
     waking = ConditionUpdate(ConditionType.READY, False, Reason.SANDBOX_WAKING, "waking")
@@ -373,6 +488,9 @@ def _waking(observed: Observed) -> Decision:
         return Decision(SandboxPhase.WAKING, (Action.CREATE_POD,), (waking,))
     if pod.deleting:
         return Decision(SandboxPhase.WAKING, (), (waking,), requeue_after=1.0)
+    failure = _pod_failure(observed, SandboxPhase.WAKING)
+    if failure is not None:
+        return failure
     if pod.unschedulable:
         return Decision(
             SandboxPhase.WAKING,
@@ -383,6 +501,9 @@ def _waking(observed: Observed) -> Decision:
                 ),
                 waking,
             ),
+            reason=Reason.UNSCHEDULABLE,
+            message=pod.unschedulable,
+            warning=True,
         )
     if not pod.ready:
         return Decision(SandboxPhase.WAKING, (), (waking,))

@@ -6,6 +6,8 @@ timeouts are checked exactly instead of by sleeping.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -16,6 +18,8 @@ import pytest
 from kocoon.api.sandbox import Checkpoint
 from kocoon.controllers import context, sandbox
 from kocoon.controllers.checkpoints import CheckpointUnavailable, Target
+from kocoon.controllers.reconciler import Key
+from kocoon.kube import client as kube_client
 from tests import kmockkit
 from tests.kmockkit import SANDBOXES, Clock
 
@@ -34,6 +38,9 @@ class NoAgent:
         raise CheckpointUnavailable("no agent")
 
     async def release(self, namespace: str, checkpoint: Checkpoint) -> None:
+        raise CheckpointUnavailable("no agent")
+
+    async def forget(self, namespace: str, name: str, node: str | None) -> None:
         raise CheckpointUnavailable("no agent")
 
 
@@ -189,6 +196,9 @@ class RecordingAgent:
         self.stored.pop(checkpoint.id, None)
         self.released.append(checkpoint.id)
 
+    async def forget(self, namespace: str, name: str, node: str | None) -> None:
+        return None
+
 
 class Crash(Exception):
     """Stands for the operator dying at a failpoint."""
@@ -309,3 +319,304 @@ async def test_a_crash_at_any_memory_step_converges_without_leaks(
     assert crashed == [failpoint]
     assert agent.stored == {}, "a checkpoint leaked"
     assert len(agent.restored) == 1
+
+
+# --- level-based children, errors, failures, deletion (the reconcile core) -------------------
+
+SERVICES, POLICIES, SECRETS = "v1/services", "networking.k8s.io/v1/networkpolicies", "v1/secrets"
+LEASES = "coordination.k8s.io/v1/leases"
+
+
+class ForgettingAgent(RecordingAgent):
+    def __init__(self, forget_fails: bool = False) -> None:
+        super().__init__()
+        self.forgotten: list[tuple[str, str, str | None]] = []
+        self.forget_fails = forget_fails
+
+    async def forget(self, namespace: str, name: str, node: str | None) -> None:
+        if self.forget_fails:
+            from kocoon.controllers.checkpoints import CheckpointFailed
+
+            raise CheckpointFailed("agent on n1 unreachable")
+        self.forgotten.append((namespace, name, node))
+
+
+def delete_stored(k: kmock.KubernetesEmulator, resource: str, name: str) -> None:
+    del k.objects[resource, NS, name]
+
+
+def conditions_of(k: kmock.KubernetesEmulator) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in stored(k, SANDBOXES)["status"]["conditions"]}  # type: ignore[index]
+
+
+async def test_every_deleted_child_is_back_after_one_reconcile(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_sandbox(ctx, workspace={"size": "1Gi"})
+    await settle(ctx, k)
+    children = [
+        (SECRETS, f"{NAME}-token"),
+        (SERVICES, NAME),
+        (POLICIES, f"{NAME}-sandbox"),
+        (LEASES, f"kocoon-activity-sandbox-{NAME}"),
+        ("v1/persistentvolumeclaims", f"{NAME}-workspace"),
+    ]
+    token_before = stored(k, SECRETS, f"{NAME}-token")
+    assert token_before is not None
+    for resource, child in children:
+        assert stored(k, resource, child) is not None, resource
+        delete_stored(k, resource, child)
+    await sandbox.reconcile(ctx, NS, NAME)
+    for resource, child in children:
+        assert stored(k, resource, child) is not None, f"{resource} not recreated"
+    assert conditions_of(k)["ChildrenReady"]["status"] == "True"
+
+
+async def test_the_token_secret_is_never_rewritten(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_sandbox(ctx)
+    await settle(ctx, k)
+    before = stored(k, SECRETS, f"{NAME}-token")
+    k.objects[SANDBOXES, NS, NAME].patch({"spec": {"idleTimeout": "1h"}})
+    await settle(ctx, k)
+    assert stored(k, SECRETS, f"{NAME}-token") == before
+
+
+async def test_removing_the_ports_deletes_the_service(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_sandbox(ctx)
+    await settle(ctx, k)
+    assert stored(k, SERVICES) is not None
+    k.objects[SANDBOXES, NS, NAME].patch(
+        {"spec": {"template": {"ports": []}}, "metadata": {"generation": 2}}
+    )
+    await sandbox.reconcile(ctx, NS, NAME)
+    assert stored(k, SERVICES) is None
+    assert stored(k, POLICIES, f"{NAME}-sandbox") is not None
+
+
+async def test_a_refused_child_is_a_condition_and_hibernation_goes_on(
+    emulator: tuple[kmock.KubernetesEmulator, str],
+    ctx: context.OperatorContext,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    k, _ = emulator
+    await create_sandbox(ctx, hibernation="filesystem", workspace={"size": "1Gi"})
+    await settle(ctx, k)
+    assert phase(k) == "Running"
+    original = kube_client.apply
+
+    async def apply(api: Any, obj: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if obj["kind"] == "NetworkPolicy":
+            raise kube_client.ApiError(
+                422, "Unprocessable Entity", {"message": "spec.egress[0]: Invalid value"}
+            )
+        return await original(api, obj, **kwargs)
+
+    monkeypatch.setattr(kube_client, "apply", apply)
+    delete_stored(k, POLICIES, f"{NAME}-sandbox")
+    k.objects[SANDBOXES, NS, NAME].patch({"spec": {"operatingMode": "Hibernated"}})
+    await settle(ctx, k)
+    assert phase(k) == "Hibernated"
+    children = conditions_of(k)["ChildrenReady"]
+    assert children["status"] == "False"
+    assert children["reason"] == "ChildApplyFailed"
+    assert "NetworkPolicy box-sandbox: 422: spec.egress[0]: Invalid value" in children["message"]
+
+
+async def test_a_hibernated_sandbox_with_nothing_new_writes_nothing(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_sandbox(
+        ctx, hibernation="filesystem", operatingMode="Hibernated", workspace={"size": "1Gi"}
+    )
+    await settle(ctx, k)
+    assert phase(k) == "Hibernated", stored(k, SANDBOXES)["status"]  # type: ignore[index]
+    before = stored(k, SANDBOXES)
+    for _ in range(5):
+        clock.now += timedelta(minutes=10)
+        await sandbox.reconcile(ctx, NS, NAME)
+    assert stored(k, SANDBOXES) == before
+
+
+async def test_running_usage_is_written_at_most_once_a_minute(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_sandbox(ctx)
+    await settle(ctx, k)
+    assert phase(k) == "Running"
+    first = stored(k, SANDBOXES)["status"]["usage"]  # type: ignore[index]
+    clock.now += timedelta(seconds=30)
+    await sandbox.reconcile(ctx, NS, NAME)
+    assert stored(k, SANDBOXES)["status"]["usage"] == first  # type: ignore[index]
+    clock.now += timedelta(seconds=31)
+    await sandbox.reconcile(ctx, NS, NAME)
+    usage = stored(k, SANDBOXES)["status"]["usage"]  # type: ignore[index]
+    assert usage["idleSeconds"] + usage.get("activeSeconds", 0) >= 61
+
+
+async def test_a_failed_pod_is_replaced_and_counted_then_the_sandbox_fails(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_sandbox(ctx)
+    await settle(ctx, k)
+    for attempt in range(1, 6):
+        pod = k.objects["v1/pods", NS, NAME]
+        pod.patch(
+            {
+                "status": {
+                    "phase": "Failed",
+                    "reason": "Evicted",
+                    "conditions": [{"type": "Ready", "status": "False"}],
+                }
+            }
+        )
+        await sandbox.reconcile(ctx, NS, NAME)  # deletes the ended pod
+        assert stored(k, "v1/pods") is None
+        status = stored(k, SANDBOXES)["status"]  # type: ignore[index]
+        assert status["restarts"] == attempt
+        if attempt < 5:
+            assert status["phase"] == "Starting"
+            await settle(ctx, k)
+            assert phase(k) == "Running"
+    status = stored(k, SANDBOXES)["status"]  # type: ignore[index]
+    assert status["phase"] == "Failed"
+    assert "Evicted" in conditions_of(k)["Ready"]["message"]
+    await sandbox.reconcile(ctx, NS, NAME)
+    assert stored(k, "v1/pods") is None  # Failed stays down until the spec changes
+    k.objects[SANDBOXES, NS, NAME].patch(
+        {"spec": {"idleTimeout": "1h"}, "metadata": {"generation": 2}}
+    )
+    await settle(ctx, k)
+    assert phase(k) == "Running"
+    assert "restarts" not in stored(k, SANDBOXES)["status"]  # type: ignore[index]
+
+
+async def test_the_release_annotation_drops_the_memory_and_stays_hibernated(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    agent = RecordingAgent()
+    ctx.checkpointer = agent
+    await create_sandbox(ctx, hibernation="memory")
+    await settle(ctx, k)
+    k.objects[SANDBOXES, NS, NAME].patch({"spec": {"operatingMode": "Hibernated"}})
+    await settle(ctx, k)
+    checkpoint = stored(k, SANDBOXES)["status"]["checkpoint"]["id"]  # type: ignore[index]
+    # Another id (an older checkpoint) is not this one: nothing happens.
+    k.objects[SANDBOXES, NS, NAME].patch(
+        {"metadata": {"annotations": {"kocoon.io/release-checkpoint": "other"}}}
+    )
+    await settle(ctx, k)
+    assert agent.released == []
+    k.objects[SANDBOXES, NS, NAME].patch(
+        {"metadata": {"annotations": {"kocoon.io/release-checkpoint": checkpoint}}}
+    )
+    await settle(ctx, k)
+    status = stored(k, SANDBOXES)["status"]  # type: ignore[index]
+    assert agent.released == [checkpoint]
+    assert status["phase"] == "Hibernated"
+    assert "checkpoint" not in status
+    assert conditions_of(k)["CheckpointAvailable"]["reason"] == "HibernatedStateReleased"
+
+
+async def test_deletion_says_terminating_releases_forgets_and_lets_go(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    agent = ForgettingAgent()
+    ctx.checkpointer = agent
+    await create_sandbox(ctx, hibernation="memory")
+    await settle(ctx, k)
+    assert "kocoon.io/sandbox-cleanup" in stored(k, SANDBOXES)["metadata"]["finalizers"]  # type: ignore[index]
+    k.objects[SANDBOXES, NS, NAME].patch({"spec": {"operatingMode": "Hibernated"}})
+    await settle(ctx, k)
+    checkpoint = stored(k, SANDBOXES)["status"]["checkpoint"]["id"]  # type: ignore[index]
+    k.objects[SANDBOXES, NS, NAME].patch(
+        {"metadata": {"deletionTimestamp": "2026-11-23T12:00:00Z"}}
+    )
+    await sandbox.reconcile(ctx, NS, NAME)
+    assert agent.released == [checkpoint]
+    assert agent.forgotten == [(NS, NAME, "n1")]
+    box = stored(k, SANDBOXES)
+    assert box is None or "kocoon.io/sandbox-cleanup" not in (
+        box["metadata"].get("finalizers") or []
+    )
+
+
+async def test_a_cleanup_that_keeps_failing_gives_up_with_a_warning(
+    emulator: tuple[kmock.KubernetesEmulator, str],
+    ctx: context.OperatorContext,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    k, _ = emulator
+    ctx.checkpointer = ForgettingAgent(forget_fails=True)
+    await create_sandbox(ctx)
+    await settle(ctx, k)
+    k.objects[SANDBOXES, NS, NAME].patch(
+        {"metadata": {"deletionTimestamp": "2026-11-23T12:00:00Z"}}
+    )
+    from kocoon.controllers.checkpoints import CheckpointFailed
+
+    with pytest.raises(CheckpointFailed):
+        await sandbox.reconcile(ctx, NS, NAME)
+    box = stored(k, SANDBOXES)
+    assert box is not None
+    assert box["status"]["phase"] == "Terminating"
+    assert "kocoon.io/sandbox-cleanup" in box["metadata"]["finalizers"]
+    clock.now += timedelta(minutes=6)
+    await sandbox.reconcile(ctx, NS, NAME)
+    box = stored(k, SANDBOXES)
+    assert box is None or "kocoon.io/sandbox-cleanup" not in (
+        box["metadata"].get("finalizers") or []
+    )
+    reasons = [e.get("reason") for e in kmockkit.events(k, NS)]
+    assert "CleanupAbandoned" in reasons
+
+
+async def test_a_failing_reconcile_says_why_in_status_posts_fewer_events_and_backs_off(
+    emulator: tuple[kmock.KubernetesEmulator, str],
+    ctx: context.OperatorContext,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    k, _ = emulator
+    await create_sandbox(ctx)
+    original = kube_client.request
+    attempts: list[float] = []
+
+    async def request(api: Any, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        if method == "POST" and path.endswith("/pods"):
+            attempts.append(asyncio.get_running_loop().time())
+            raise kube_client.ApiError(
+                403, "Forbidden", {"message": 'pods "box" is forbidden: exceeded quota: q'}
+            )
+        return await original(api, method, path, **kwargs)
+
+    monkeypatch.setattr(kube_client, "request", request)
+    await sandbox.refresh(ctx, NS, NAME)
+    reconciler = sandbox.make_reconciler(ctx)
+    reconciler.backoff_base = 0.2
+    ctx.reconcilers[sandbox.KIND] = reconciler
+    reconciler.trigger(Key(NS, NAME))
+    await asyncio.sleep(3.3)  # failures at about 0, 0.2, 0.6, 1.4 and 3.0 s
+    await reconciler.close()
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert 4 <= len(attempts) <= 5, attempts
+    assert all(later > earlier * 1.5 for earlier, later in itertools.pairwise(gaps))
+    ready = conditions_of(k)["Ready"]
+    assert ready["status"] == "False"
+    assert ready["reason"] == "ReconcilerError"
+    assert ready["message"] == '403: pods "box" is forbidden: exceeded quota: q'
+    warnings = [e for e in kmockkit.events(k, NS) if e.get("reason") == "ReconcilerError"]
+    assert len(warnings) == 3  # on the 1st, 2nd and 4th failure, not on every one

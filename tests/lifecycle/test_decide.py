@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,6 +42,8 @@ def observed(
     checkpoint: Checkpoint | None = None,
     running_since: datetime | None = CREATED,
     memory: bool = True,
+    restarts: int = 0,
+    release_requested: str | None = None,
     **spec_fields: Any,
 ) -> lifecycle.Observed:
     return lifecycle.Observed(
@@ -55,6 +58,8 @@ def observed(
         now=NOW,
         memory_checkpoint_supported=memory,
         running_since=running_since,
+        restarts=restarts,
+        release_requested=release_requested,
     )
 
 
@@ -362,3 +367,75 @@ def test_an_in_flight_count_is_valid_for_ten_lease_durations_and_at_least_a_minu
 
     assert observe.activity(lease(3)).in_flight_valid_until == NOW + timedelta(seconds=60)
     assert observe.activity(lease(15)).in_flight_valid_until == NOW + timedelta(seconds=150)
+
+
+# --- pod failures, release requests, the effective hibernation mode ---------------------------
+
+
+def ended_pod(reason: str = "Evicted") -> PodView:
+    return running_pod(phase="Failed", ready=False, ended=True, container_reason=reason)
+
+
+def test_an_ended_pod_is_replaced_and_counted_with_a_warning() -> None:
+    decision = lifecycle.decide(observed(SandboxPhase.RUNNING, ended_pod(), restarts=2))
+    assert decision.phase is SandboxPhase.STARTING
+    assert decision.actions == (Action.DELETE_POD,)
+    assert decision.count_restart
+    assert decision.warning
+    assert conditions(decision)[ConditionType.READY] == (False, Reason.POD_FAILED)
+    assert "Evicted" in decision.message
+
+
+def test_the_fifth_failure_fails_the_sandbox_with_the_containers_reason() -> None:
+    decision = lifecycle.decide(
+        observed(SandboxPhase.RUNNING, ended_pod("OOMKilled, exit code 137"), restarts=4)
+    )
+    assert decision.phase is SandboxPhase.FAILED
+    assert decision.actions == (Action.DELETE_POD,)
+    assert "OOMKilled, exit code 137" in decision.message
+    # Failed stays Failed (and podless) while the count stands.
+    again = lifecycle.decide(observed(SandboxPhase.FAILED, None, restarts=5))
+    assert again.phase is SandboxPhase.FAILED
+    assert again.actions == ()
+
+
+def test_a_crash_looping_container_fails_the_sandbox() -> None:
+    pod = running_pod(ready=False, container_reason="CrashLoopBackOff", container_restarts=5)
+    decision = lifecycle.decide(observed(SandboxPhase.STARTING, pod))
+    assert decision.phase is SandboxPhase.FAILED
+    assert "CrashLoopBackOff" in decision.message
+    fewer = running_pod(ready=False, container_reason="CrashLoopBackOff", container_restarts=2)
+    assert lifecycle.decide(observed(SandboxPhase.STARTING, fewer)).phase is SandboxPhase.STARTING
+
+
+def test_a_waking_sandbox_replaces_an_ended_pod_too() -> None:
+    decision = lifecycle.decide(observed(SandboxPhase.WAKING, ended_pod()))
+    assert decision.phase is SandboxPhase.WAKING
+    assert decision.actions == (Action.DELETE_POD,)
+    assert decision.count_restart
+
+
+def test_a_release_request_releases_the_named_checkpoint_and_stays_hibernated() -> None:
+    checkpoint = Checkpoint(id="s1-abc", node="n1")
+    decision = lifecycle.decide(
+        observed(SandboxPhase.HIBERNATED, checkpoint=checkpoint, release_requested="s1-abc")
+    )
+    assert decision.phase is SandboxPhase.HIBERNATED
+    assert decision.actions == (Action.RELEASE_CHECKPOINT,)
+    assert conditions(decision)[ConditionType.CHECKPOINT_AVAILABLE] == (
+        False,
+        Reason.HIBERNATED_STATE_RELEASED,
+    )
+    other = lifecycle.decide(
+        observed(SandboxPhase.HIBERNATED, checkpoint=checkpoint, release_requested="older")
+    )
+    assert other.actions == ()
+    nothing = lifecycle.decide(observed(SandboxPhase.HIBERNATED, release_requested=""))
+    assert nothing.actions == ()
+
+
+def test_the_effective_hibernation_mode_overrides_the_memory_guess() -> None:
+    # `none` (e.g. Kata without a workspace): never idles to sleep.
+    base = observed(SandboxPhase.RUNNING, running_pod(), idleTimeout="1m", memory=True)
+    assert lifecycle.idle_deadline(base) is not None
+    assert lifecycle.idle_deadline(replace(base, hibernation="none")) is None

@@ -473,6 +473,9 @@ class SandboxStatus(KocoonModel):
     """The current memory checkpoint, if any."""
     usage: Usage | None = None
     """Time spent per state."""
+    restarts: Annotated[int, Field(ge=0)] | None = None
+    """Pods replaced after they failed (evicted, or exited) since the spec last changed; at 5
+    (or as many container restarts in one pod) the sandbox is Failed until its spec changes."""
 
 
 class Sandbox(KocoonModel):

@@ -65,6 +65,10 @@ class Checkpointer(Protocol):
 
     async def release(self, namespace: str, checkpoint: Checkpoint) -> None: ...
 
+    async def forget(self, namespace: str, name: str, node: str | None) -> None:
+        """Delete everything the agent keeps for a Sandbox (its data key first)."""
+        ...
+
 
 def _record_to_status(record: CheckpointRecord) -> Checkpoint:
     compat = record.compatibility
@@ -267,6 +271,12 @@ class AgentCheckpointer:
 
     async def release(self, namespace: str, checkpoint: Checkpoint) -> None:
         await self._call(checkpoint.node, "DELETE", f"/v1/checkpoints/{checkpoint.id}")
+
+    async def forget(self, namespace: str, name: str, node: str | None) -> None:
+        """The agent deletes the Sandbox's key (Secret or file) and its archives, so a new
+        Sandbox of the same name never reuses them. Asked of the agent on `node` (where the
+        checkpoint or the pod was), else of any configured agent."""
+        await self._call(node, "DELETE", f"/v1/sandboxes/{namespace}/{name}")
 
 
 AGENT_SELECTOR = "app.kubernetes.io/name=kocoon,app.kubernetes.io/component=agent"

@@ -111,13 +111,15 @@ async def report_error(
 ) -> None:
     """Say in the object's status why its reconcile failed (Ready=False, ReconcilerError, the
     API's message) and post a rate-limited Warning Event. The status is written only when the
-    message changed, with the object's resourceVersion; a conflict is left to the next run."""
-    if body is None or body["metadata"].get("deletionTimestamp"):
+    message changed (and not while the object is being deleted), with the object's
+    resourceVersion; a conflict is left to the next run."""
+    if body is None:
         return
     metadata = body["metadata"]
     message = error_message(error)[:4096]
     conditions = _ready_error(body, message, datetime.now(UTC))
-    if conditions != list((body.get("status") or {}).get("conditions") or []):
+    deleting = bool(metadata.get("deletionTimestamp"))  # its status says Terminating
+    if not deleting and conditions != list((body.get("status") or {}).get("conditions") or []):
         try:
             await client.merge_patch(
                 ctx.api,

@@ -32,6 +32,8 @@ def pod_view(pod: dict[str, Any] | None) -> PodView | None:
     unschedulable = None
     if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
         unschedulable = str(scheduled.get("message") or "no node can run the pod")
+    reason, restarts = container_state(pod)
+    phase = str(status.get("phase") or "Pending")
     return PodView(
         uid=str(metadata.get("uid", "")),
         phase=str(status.get("phase") or "Pending"),
@@ -44,7 +46,26 @@ def pod_view(pod: dict[str, Any] | None) -> PodView | None:
         checkpoint_failed=CHECKPOINT_FAILED_ANNOTATION in annotations,
         held=annotations.get(names.HOLD_FOR_RESTORE_ANNOTATION) == "true",
         restored=annotations.get(names.RESTORED_ANNOTATION),
+        ended=phase in ("Failed", "Succeeded"),
+        container_reason=reason or status.get("reason"),
+        container_restarts=restarts,
     )
+
+
+def container_state(pod: dict[str, Any]) -> tuple[str | None, int]:
+    """Why the sandbox container waits or last stopped (with the kubelet's message when it is
+    short), and how often it restarted in this pod."""
+    for container in pod.get("status", {}).get("containerStatuses") or []:
+        if container.get("name") != names.CONTAINER_NAME:
+            continue
+        state = container.get("state") or {}
+        last = (container.get("lastState") or {}).get("terminated")
+        detail = state.get("waiting") or state.get("terminated") or last or {}
+        reason = detail.get("reason")
+        if reason and detail.get("exitCode") is not None:
+            reason = f"{reason}, exit code {detail['exitCode']}"
+        return reason, int(container.get("restartCount") or 0)
+    return None, 0
 
 
 def activity(lease: dict[str, Any] | None) -> Activity:

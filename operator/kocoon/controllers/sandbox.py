@@ -1,21 +1,26 @@
 """The Sandbox controller: gather what is, ask the life cycle what next, do it, write status.
 
-Every trigger — a change to the Sandbox, its pod or its activity Lease, and a periodic
-timer — runs the same level-based `reconcile`, one at a time per sandbox.
+It runs on the reconcile core (`controllers/reconciler.py`): kopf `on.event` handlers feed the
+stores (the Sandbox, its pod, its activity Lease and its other children) and wake the
+Sandbox's worker; the worker reads the stores, never GETs per reconcile, and sleeps until the
+next deadline the life cycle names (idle, shutdown) or the resync. Every reconcile converges
+every child, so a child deleted by hand is back within one reconcile.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
-from kocoon import lifecycle
+from kocoon import contract, defaults, lifecycle
 from kocoon.api.common import SecretKeyReference
 from kocoon.api.conditions import ConditionType, Reason, SandboxPhase
 from kocoon.api.sandbox import Sandbox, SandboxStatus, Usage
@@ -29,17 +34,46 @@ from kocoon.controllers.checkpoints import (
     CheckpointUnavailable,
     Target,
 )
-from kocoon.controllers.context import OperatorContext, current, reconcile_interval
+from kocoon.controllers.context import OperatorContext, resync_seconds
+from kocoon.controllers.reconciler import Key, Reconciler, Result
 from kocoon.kube import client, events
-from kocoon.kube.resources import GROUP, LEASE, POD, SANDBOX, SECRET, VERSION
+from kocoon.kube.resources import (
+    LEASE,
+    NETWORK_POLICY,
+    POD,
+    PVC,
+    RESOURCE_CLAIM_TEMPLATE,
+    SANDBOX,
+    SECRET,
+    SERVICE,
+    Kind,
+)
 from kocoon.status import ConditionUpdate, merge_conditions, status_patch
 
 log = logging.getLogger(__name__)
 KIND = SANDBOX.kind
+# The Sandbox's own finalizer (kopf's `kocoon.io/finalizer` is kopf's, for kinds with
+# kopf change handlers; kopf removes it from Sandboxes, which have none).
+FINALIZER = "kocoon.io/sandbox-cleanup"
+# After this long failing to clean up a deleted Sandbox (agent down…), give up with a Warning
+# Event and let it go (docs/lifecycle.md, "Deletion").
+CLEANUP_GIVE_UP_ENV = "KOCOON_CLEANUP_GIVE_UP_SECONDS"
+CLEANUP_GIVE_UP_SECONDS = 300.0
+# On each child: a digest of the manifest last applied; a child whose digest differs (or that
+# is missing) is applied again.
+APPLIED_ANNOTATION = "kocoon.io/applied"
+# Children whose kinds are watched into stores (registry.py): applied only when missing or
+# changed. ResourceClaimTemplates (GPU sandboxes only) are not watched: applied every
+# reconcile (server-side apply, a no-op when unchanged), deleted when a spec change drops them.
+WATCHED_KINDS = frozenset({SERVICE.kind, NETWORK_POLICY.kind, PVC.kind, LEASE.kind})
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def cleanup_give_up() -> timedelta:
+    return timedelta(seconds=float(os.environ.get(CLEANUP_GIVE_UP_ENV, CLEANUP_GIVE_UP_SECONDS)))
 
 
 def _running_since(status: SandboxStatus) -> datetime | None:
@@ -49,28 +83,32 @@ def _running_since(status: SandboxStatus) -> datetime | None:
     return None
 
 
-# Usage is written at most this often (or at a phase change): every status write is a watch
-# event, and accounting on each of them would keep the sandbox reconciling forever.
-ACCOUNTING_STEP_SECONDS = 5.0
+# Usage is written at a phase change, and while running (counting active, idle and GPU time)
+# at most this often. A Hibernated or Expired sandbox with nothing new writes nothing: its
+# hibernated time is added when it leaves the phase.
+ACCOUNTING_STEP_SECONDS = 60.0
 
 
 def account_usage(
     status: SandboxStatus, observed: lifecycle.Observed, gpu_count: int, phase_changes: bool
 ) -> Usage:
     """Add the time since the last accounting to the bucket of the state the sandbox was in."""
+    return accounted(status, observed.now, lifecycle.is_active(observed), gpu_count, phase_changes)
+
+
+def accounted(
+    status: SandboxStatus, now: datetime, active: bool, gpu_count: int, phase_changes: bool
+) -> Usage:
     usage = status.usage or Usage()
-    now = observed.now
     since = usage.accounted_until or now
     elapsed = max(0.0, (now - since).total_seconds())
-    if (
-        usage.accounted_until is not None
-        and elapsed < ACCOUNTING_STEP_SECONDS
-        and not phase_changes
-    ):
+    counting = status.phase is SandboxPhase.RUNNING
+    quiet = not counting or elapsed < ACCOUNTING_STEP_SECONDS
+    if usage.accounted_until is not None and not phase_changes and quiet:
         return usage
     update: dict[str, Any] = {"accounted_until": now}
     if status.phase is SandboxPhase.RUNNING:
-        bucket = "active_seconds" if lifecycle.is_active(observed) else "idle_seconds"
+        bucket = "active_seconds" if active else "idle_seconds"
         update[bucket] = round(getattr(usage, bucket) + elapsed, 3)
         update["gpu_seconds"] = round(usage.gpu_seconds + elapsed * gpu_count, 3)
     elif status.phase is SandboxPhase.HIBERNATED:
@@ -78,10 +116,66 @@ def account_usage(
     return usage.model_copy(update=update)
 
 
+# --- children -----------------------------------------------------------------------------
+
+
+def desired_children(
+    ctx: OperatorContext, owner: Identity, sandbox: Sandbox
+) -> list[tuple[Kind, str, dict[str, Any] | None]]:
+    """Every child but the token Secret: (kind, name, manifest or None when not wanted)."""
+    spec = sandbox.spec
+    name = owner.name
+    return [
+        (PVC, names.workspace_claim_name(name), storage.workspace_claim(owner, spec)),
+        (
+            RESOURCE_CLAIM_TEMPLATE,
+            names.gpu_claim_template_name(name),
+            gpu.claim_template(owner, spec.gpu),
+        ),
+        (
+            SERVICE,
+            names.service_name(name),
+            network.service(owner, spec) if spec.template.ports else None,
+        ),
+        (
+            NETWORK_POLICY,
+            names.network_policy_name(name),
+            network.network_policy(owner, spec, ctx.build),
+        ),
+        (LEASE, names.activity_lease_name(name), activity.activity_lease(owner)),
+    ]
+
+
+# Children never deleted when no longer wanted: a workspace holds the user's data.
+KEPT_WHEN_UNWANTED = frozenset({PVC.kind})
+
+
+def _digest(manifest: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stamped(manifest: dict[str, Any], digest: str) -> dict[str, Any]:
+    metadata = manifest["metadata"]
+    annotations = {**(metadata.get("annotations") or {}), APPLIED_ANNOTATION: digest}
+    return {**manifest, "metadata": {**metadata, "annotations": annotations}}
+
+
+def _applied_digest(live: Mapping[str, Any] | None) -> str | None:
+    if live is None:
+        return None
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(APPLIED_ANNOTATION)
+    return str(value) if value else None
+
+
 async def ensure_token(ctx: OperatorContext, owner: Identity) -> None:
-    """Create the token Secret once; it is never rewritten, so the token stays valid."""
+    """Create the token Secret when it is missing; it is never rewritten, so the token stays
+    valid (an AgentSession's Sandbox finds its session's Secret under the same name)."""
+    name = token.token_secret_name(owner.name)
+    if ctx.store(SECRET.kind).get(owner.namespace, name) is not None:
+        return
     try:
-        await client.request(
+        answer = await client.request(
             ctx.api,
             "POST",
             SECRET.path(owner.namespace),
@@ -90,21 +184,53 @@ async def ensure_token(ctx: OperatorContext, owner: Identity) -> None:
     except client.ApiError as error:
         if error.status != 409:
             raise
+        return
+    ctx.store(SECRET.kind).upsert(answer)
 
 
-async def ensure_children(ctx: OperatorContext, owner: Identity, sandbox: Sandbox) -> None:
-    await ensure_token(ctx, owner)
-    spec = sandbox.spec
-    children = [
-        storage.workspace_claim(owner, spec),
-        gpu.claim_template(owner, spec.gpu),
-        network.service(owner, spec) if spec.template.ports else None,
-        network.network_policy(owner, spec, ctx.build),
-        activity.activity_lease(owner),
-    ]
-    for child in children:
-        if child is not None:
-            await client.apply(ctx.api, child)
+async def converge_children(
+    ctx: OperatorContext, owner: Identity, sandbox: Sandbox, spec_changed: bool
+) -> ConditionUpdate:
+    """Apply every wanted child that is missing or differs from its manifest; delete the
+    unwanted ones. A child the API refuses (quota, 422, RBAC) is reported, not raised: it
+    must not stop hibernation, wake or expiry."""
+    failures: list[str] = []
+    try:
+        await ensure_token(ctx, owner)
+    except client.ApiError as error:
+        if common.namespace_terminating(error):
+            raise
+        failures.append(
+            f"Secret {token.token_secret_name(owner.name)}: {common.error_message(error)}"
+        )
+    for kind, name, manifest in desired_children(ctx, owner, sandbox):
+        store = ctx.store(kind.kind)
+        live = store.get(owner.namespace, name)
+        try:
+            if manifest is None:
+                if kind.kind in KEPT_WHEN_UNWANTED:
+                    continue
+                if live is not None or spec_changed:
+                    await client.delete(ctx.api, kind, owner.namespace, name)
+                    store.remove(owner.namespace, name)
+                continue
+            digest = _digest(manifest)
+            if kind.kind in WATCHED_KINDS and _applied_digest(live) == digest:
+                continue
+            answer = await client.apply(ctx.api, _stamped(manifest, digest))
+            store.upsert(answer)
+        except client.ApiError as error:
+            if common.namespace_terminating(error):
+                raise
+            failures.append(f"{kind.kind} {name}: {common.error_message(error)}")
+    if failures:
+        return ConditionUpdate(
+            ConditionType.CHILDREN_READY,
+            False,
+            Reason.CHILD_APPLY_FAILED,
+            "; ".join(failures)[:2048],
+        )
+    return ConditionUpdate(ConditionType.CHILDREN_READY, True, Reason.CHILDREN_APPLIED, "")
 
 
 async def _act(
@@ -129,10 +255,14 @@ async def _act(
             hold_for_restore=checkpoint is not None and checkpoint.driver in RESTORES_INTO_POD,
         )
         try:
-            await client.request(ctx.api, "POST", POD.path(owner.namespace), body=manifest)
+            created = await client.request(
+                ctx.api, "POST", POD.path(owner.namespace), body=manifest
+            )
         except client.ApiError as error:
             if error.status != 409:  # 409: it exists already; the next reconcile sees it
                 raise
+        else:
+            ctx.store(POD.kind).upsert(created)
     elif action is lifecycle.Action.DELETE_POD and view is not None:
         await client.delete(
             ctx.api, POD, owner.namespace, names.pod_name(owner.name), preconditions_uid=view.uid
@@ -289,11 +419,65 @@ async def _release(ctx: OperatorContext, owner: Identity, status: SandboxStatus)
     status.checkpoint = None
 
 
-async def reconcile(ctx: OperatorContext, namespace: str, name: str) -> None:
-    await common.reconcile_locked(ctx, SANDBOX, namespace, name, _reconcile)
+# --- one reconcile ------------------------------------------------------------------------
 
 
-async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
+async def reconcile_key(ctx: OperatorContext, key: Key) -> Result:
+    """The reconcile the Sandbox reconciler runs: everything it reads comes from the stores."""
+    body = ctx.store(KIND).get(key.namespace, key.name)
+    if body is None:
+        return Result()  # gone; its DELETED event forgets the worker
+    try:
+        return await _reconcile(ctx, body)
+    except client.ApiError as error:
+        if common.namespace_terminating(error):
+            return Result()  # its namespace is going away, and the object with it
+        raise
+
+
+async def reconcile(ctx: OperatorContext, namespace: str, name: str) -> Result:
+    """Refresh the stores of one Sandbox from the API, then reconcile it once: for callers
+    without watches (tests, tools). The operator itself runs `reconcile_key` from events."""
+    await refresh(ctx, namespace, name)
+    return await reconcile_key(ctx, Key(namespace, name))
+
+
+async def refresh(ctx: OperatorContext, namespace: str, name: str) -> None:
+    """Read one Sandbox and its children from the API into the stores."""
+    body = await client.get(ctx.api, SANDBOX, namespace, name)
+    if body is None:
+        ctx.store(KIND).remove(namespace, name)
+    else:
+        ctx.store(KIND).upsert(body)
+    wanted: list[tuple[Kind, str]] = [
+        (POD, names.pod_name(name)),
+        (SECRET, token.token_secret_name(name)),
+        *((kind, child) for kind, child, _ in _child_names(name)),
+    ]
+    for kind, child in wanted:
+        try:
+            live = await client.get(ctx.api, kind, namespace, child)
+        except client.ApiError as error:
+            if error.status in (403, 405):
+                continue  # a kind this cluster does not serve or let us read
+            raise
+        if live is None:
+            ctx.store(kind.kind).remove(namespace, child)
+        else:
+            ctx.store(kind.kind).upsert(live)
+
+
+def _child_names(name: str) -> list[tuple[Kind, str, None]]:
+    return [
+        (PVC, names.workspace_claim_name(name), None),
+        (RESOURCE_CLAIM_TEMPLATE, names.gpu_claim_template_name(name), None),
+        (SERVICE, names.service_name(name), None),
+        (NETWORK_POLICY, names.network_policy_name(name), None),
+        (LEASE, names.activity_lease_name(name), None),
+    ]
+
+
+async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> Result:
     metadata = body["metadata"]
     namespace, name = metadata["namespace"], metadata["name"]
     generation = int(metadata.get("generation", 0))
@@ -302,14 +486,20 @@ async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
         sandbox = Sandbox.model_validate(body)
     except ValidationError as error:
         await common.report_invalid(ctx, SANDBOX, body, error)
-        return
+        return Result()
     owner = Identity(name=name, namespace=namespace, uid=metadata["uid"])
+    if metadata.get("deletionTimestamp"):
+        return await _finalize(ctx, body, sandbox, owner)
+    body = await _ensure_finalizer(ctx, body)
     status = (sandbox.status or SandboxStatus()).model_copy(deep=True)
-    if status.observed_generation != generation or status.phase is None:
-        await ensure_children(ctx, owner, sandbox)
-    pod = await client.get(ctx.api, POD, namespace, names.pod_name(name))
-    lease = await client.get(ctx.api, LEASE, namespace, names.activity_lease_name(name))
+    spec_changed = status.observed_generation != generation or status.phase is None
+    if spec_changed:
+        status.restarts = None  # a new spec gets a fresh count of pod failures
+    children = await converge_children(ctx, owner, sandbox, spec_changed)
+    pod = ctx.store(POD.kind).get(namespace, names.pod_name(name))
+    lease = ctx.store(LEASE.kind).get(namespace, names.activity_lease_name(name))
     runtime = pod_builder.runtime_class(sandbox.spec, ctx.build)
+    annotations = metadata.get("annotations") or {}
     observed = lifecycle.Observed(
         name=name,
         spec=sandbox.spec,
@@ -322,6 +512,9 @@ async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
         now=now,
         memory_checkpoint_supported=ctx.config.can_checkpoint_memory(runtime),
         running_since=_running_since(status),
+        hibernation=defaults.effective_hibernation(sandbox.spec, ctx.config),
+        restarts=status.restarts or 0,
+        release_requested=annotations.get(contract.RELEASE_CHECKPOINT_ANNOTATION),
     )
     decision = lifecycle.decide(observed)
     gpu_count = sandbox.spec.gpu.count if sandbox.spec.gpu else 0
@@ -329,9 +522,139 @@ async def _reconcile(ctx: OperatorContext, body: dict[str, Any]) -> None:
     for action in decision.actions:
         await _act(ctx, action, owner, sandbox, status, pod, body)
         failpoints.hit(f"after:{action.value}")
+    if decision.count_restart:
+        status.restarts = (status.restarts or 0) + 1
     if decision.phase != status.phase:
         failpoints.hit(f"before-status:{decision.phase.value}")
-    await _write_status(ctx, body, sandbox, status, decision, observed, owner)
+    await _write_status(ctx, body, sandbox, status, decision, observed, owner, children)
+    return Result(requeue_after=decision.requeue_after)
+
+
+async def _ensure_finalizer(ctx: OperatorContext, body: dict[str, Any]) -> dict[str, Any]:
+    """Add the Sandbox's finalizer (once), with its resourceVersion: the cleanup on deletion
+    (checkpoint, agent key) must not be skipped."""
+    metadata = body["metadata"]
+    finalizers = list(metadata.get("finalizers") or [])
+    if FINALIZER in finalizers:
+        return body
+    answer = await client.merge_patch(
+        ctx.api,
+        SANDBOX,
+        metadata["namespace"],
+        metadata["name"],
+        {"metadata": {"finalizers": [*finalizers, FINALIZER]}},
+        resource_version=metadata.get("resourceVersion"),
+    )
+    ctx.store(KIND).upsert(answer)
+    return answer
+
+
+async def _finalize(
+    ctx: OperatorContext, body: dict[str, Any], sandbox: Sandbox, owner: Identity
+) -> Result:
+    """A deleted Sandbox: say Terminating, release its checkpoint, have the agent forget its
+    key, then let it go. Retried with backoff; after `cleanup_give_up()` it gives up with a
+    Warning Event (the archive is encrypted, and the key is the one thing left)."""
+    metadata = body["metadata"]
+    if FINALIZER not in (metadata.get("finalizers") or []):
+        return Result()
+    status = (sandbox.status or SandboxStatus()).model_copy(deep=True)
+    if status.phase is not SandboxPhase.TERMINATING:
+        # The time up to now is counted (as idle while running: no request is in flight).
+        gpu_count = sandbox.spec.gpu.count if sandbox.spec.gpu else 0
+        status.usage = accounted(status, _now(), False, gpu_count, phase_changes=True)
+        status.phase = SandboxPhase.TERMINATING
+        status.phase_since = _now()
+        status.conditions = merge_conditions(
+            status.conditions,
+            (
+                ConditionUpdate(
+                    ConditionType.READY,
+                    False,
+                    Reason.SANDBOX_TERMINATING,
+                    "deleted; releasing its checkpoint and keys",
+                ),
+            ),
+            int(metadata.get("generation", 0)),
+            _now(),
+        )
+        body = await _patch_status(ctx, body, status)
+        metrics.TRANSITIONS.labels(phase=SandboxPhase.TERMINATING.value).inc()
+    try:
+        if status.checkpoint is not None:
+            with contextlib.suppress(CheckpointUnavailable):
+                await ctx.checkpointer.release(owner.namespace, status.checkpoint)
+        node = status.checkpoint.node if status.checkpoint else status.node_name
+        with contextlib.suppress(CheckpointUnavailable):
+            await ctx.checkpointer.forget(owner.namespace, owner.name, node)
+    except CheckpointFailed as error:
+        deleted_at = observe.parse_time(metadata.get("deletionTimestamp")) or _now()
+        if _now() < deleted_at + cleanup_give_up():
+            raise
+        message = (
+            f"gave up cleaning up after {cleanup_give_up()}: {error}; the checkpoint archive or"
+            " key may remain (docs/lifecycle.md, Deletion)"
+        )
+        log.warning(message, extra={"sandbox": f"{owner.namespace}/{owner.name}"})
+        await events.post(ctx.api, body, events.WARNING, Reason.CLEANUP_ABANDONED, message)
+    finalizers = [f for f in body["metadata"].get("finalizers") or [] if f != FINALIZER]
+    try:
+        answer = await client.merge_patch(
+            ctx.api,
+            SANDBOX,
+            owner.namespace,
+            owner.name,
+            {"metadata": {"finalizers": finalizers or None}},
+            resource_version=body["metadata"].get("resourceVersion"),
+        )
+    except client.ApiError as error:
+        if error.status == 404:
+            return Result()
+        raise
+    ctx.store(KIND).upsert(answer)
+    return Result()
+
+
+async def _patch_status(
+    ctx: OperatorContext, body: dict[str, Any], status: SandboxStatus
+) -> dict[str, Any]:
+    """Write status as a merge patch carrying the resourceVersion it was computed from.
+
+    Only this controller writes Sandbox status, so a conflict means the spec or metadata moved:
+    if the status on the server is still the one this was computed from, the write is
+    retried on the newer version; otherwise the reconcile starts again (`Conflict`)."""
+    metadata = body["metadata"]
+    old = body.get("status") or {}
+    patch = status_patch(old, status.to_wire())
+    if patch is None:
+        return body
+    try:
+        answer = await client.merge_patch(
+            ctx.api,
+            SANDBOX,
+            metadata["namespace"],
+            metadata["name"],
+            patch,
+            subresource="status",
+            resource_version=metadata.get("resourceVersion"),
+        )
+    except client.Conflict:
+        fresh = await client.get(ctx.api, SANDBOX, metadata["namespace"], metadata["name"])
+        if fresh is None or (fresh.get("status") or {}) != old:
+            if fresh is not None:
+                ctx.store(KIND).upsert(fresh)
+            raise
+        answer = await client.merge_patch(
+            ctx.api,
+            SANDBOX,
+            metadata["namespace"],
+            metadata["name"],
+            patch,
+            subresource="status",
+            resource_version=fresh["metadata"].get("resourceVersion"),
+        )
+    ctx.store(KIND).upsert(answer)
+    return answer
 
 
 async def _write_status(
@@ -342,6 +665,7 @@ async def _write_status(
     decision: lifecycle.Decision,
     observed: lifecycle.Observed,
     owner: Identity,
+    children: ConditionUpdate,
 ) -> None:
     now = observed.now
     previous = status.phase
@@ -358,7 +682,7 @@ async def _write_status(
         metrics.TRANSITIONS.labels(phase=decision.phase.value).inc()
     before = {c.type: (c.status, c.reason) for c in status.conditions}
     status.conditions = merge_conditions(
-        status.conditions, decision.conditions, observed.generation, now
+        status.conditions, (*decision.conditions, children), observed.generation, now
     )
     # Worth an Event: a new phase, or a condition that changed for the decision's reason.
     conditions_changed = any(
@@ -381,13 +705,11 @@ async def _write_status(
     )
     if observed.activity.last_request is not None:
         status.last_activity_time = observed.activity.last_request
-    patch = status_patch(body.get("status") or {}, status.to_wire())
-    if patch is not None:
-        await client.merge_patch(
-            ctx.api, SANDBOX, owner.namespace, owner.name, patch, subresource="status"
-        )
+    await _patch_status(ctx, body, status)
+    if children.reason != before.get(children.type, (None, None))[1] and not children.status:
+        await events.post(ctx.api, body, events.WARNING, children.reason, children.message)
     if decision.reason is not None and (decision.phase != previous or conditions_changed):
-        event_type = events.WARNING if decision.reason is Reason.UNSCHEDULABLE else events.NORMAL
+        event_type = events.WARNING if decision.warning else events.NORMAL
         message = f"{previous or 'New'} → {decision.phase}: {decision.message}".strip()
         log.info(message, extra={"sandbox": f"{owner.namespace}/{owner.name}"})
         await events.post(ctx.api, body, event_type, decision.reason, message)
@@ -402,48 +724,58 @@ def _router_port(sandbox: Sandbox) -> int | None:
     return None
 
 
-# --- kopf wiring ------------------------------------------------------------------------------
+def make_reconciler(ctx: OperatorContext, resync: float | None = None) -> Reconciler:
+    """The Sandbox reconciler: `reconcile_key` per object, failures reported in status."""
+    store = ctx.store(KIND)
+
+    async def run(key: Key) -> Result:
+        return await reconcile_key(ctx, key)
+
+    async def report(key: Key, error: Exception, failures: int) -> None:
+        await common.report_error(ctx, SANDBOX, store.get(key.namespace, key.name), error, failures)
+
+    return Reconciler("sandbox", run, resync=resync or resync_seconds(), report_error=report)
 
 
-@kopf.on.event(GROUP, VERSION, "sandboxes")
-async def sandbox_changed(type: str, namespace: str | None, name: str, **_: Any) -> None:
-    if type != "DELETED" and namespace:
-        await reconcile(current(), namespace, name)
+# --- watches: stores and triggers ----------------------------------------------------------
 
 
-@kopf.timer(GROUP, VERSION, "sandboxes", interval=reconcile_interval(), initial_delay=1)
-async def sandbox_tick(namespace: str | None, name: str, **_: Any) -> None:
-    if namespace:
-        await reconcile(current(), namespace, name)
+def _key_of_child(labels: Mapping[str, str], label: str) -> str | None:
+    value = labels.get(label)
+    return str(value) if value else None
 
 
-@kopf.on.event("v1", "pods", labels={names.SANDBOX_LABEL: kopf.PRESENT})
-async def pod_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    if namespace:
-        await reconcile(current(), namespace, labels[names.SANDBOX_LABEL])
-
-
-@kopf.on.event("coordination.k8s.io", "v1", "leases", labels={names.TARGET_KIND_LABEL: "sandbox"})
-async def activity_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    if namespace and names.TARGET_NAME_LABEL in labels:
-        await reconcile(current(), namespace, labels[names.TARGET_NAME_LABEL])
-
-
-@kopf.on.delete(GROUP, VERSION, "sandboxes")
-async def sandbox_deleted(
-    namespace: str | None, name: str, status: Mapping[str, Any], **_: Any
-) -> None:
-    """Release the checkpoint before the Sandbox goes; children go by garbage collection."""
-    ctx = current()
-    if namespace is None:
+def on_sandbox_event(ctx: OperatorContext, event_type: str, body: Mapping[str, Any]) -> None:
+    """A Sandbox changed: store it and wake its worker; deleted: forget both."""
+    metadata = body.get("metadata") or {}
+    namespace, name = metadata.get("namespace"), metadata.get("name")
+    if not namespace or not name:
         return
-    async with ctx.lock(KIND, namespace, name):
-        parsed = SandboxStatus.model_validate(dict(status or {}))
-        if parsed.checkpoint is not None:
-            try:
-                await ctx.checkpointer.release(namespace, parsed.checkpoint)
-            except CheckpointFailed as error:
-                raise kopf.TemporaryError(f"releasing checkpoint: {error}", delay=10) from error
-            except CheckpointUnavailable:
-                pass
-    ctx.forget(KIND, namespace, name)
+    key = Key(namespace, name)
+    reconciler = ctx.reconcilers.get(KIND)
+    if event_type == "DELETED":
+        ctx.store(KIND).remove(namespace, name)
+        if reconciler is not None:
+            reconciler.forget(key)
+        return
+    ctx.store(KIND).upsert(body)
+    if reconciler is not None:
+        reconciler.trigger(key)
+
+
+def on_child_event(
+    ctx: OperatorContext, kind: str, event_type: str, body: Mapping[str, Any], sandbox: str | None
+) -> None:
+    """A pod, Lease or other child changed: store it, and wake its Sandbox's worker (if the
+    Sandbox exists: a child's event after its Sandbox is gone starts nothing)."""
+    metadata = body.get("metadata") or {}
+    namespace, name = metadata.get("namespace"), metadata.get("name")
+    if not namespace or not name:
+        return
+    if event_type == "DELETED":
+        ctx.store(kind).remove(namespace, name)
+    else:
+        ctx.store(kind).upsert(body)
+    reconciler = ctx.reconcilers.get(KIND)
+    if sandbox and reconciler is not None and ctx.store(KIND).get(namespace, sandbox) is not None:
+        reconciler.trigger(Key(namespace, sandbox))
