@@ -39,7 +39,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 async def _stream(client: openai.AsyncOpenAI) -> tuple[list[str], list[float]]:
     stream = await client.chat.completions.create(
-        model="smollm2", messages=PROMPT, stream=True, max_tokens=24, temperature=0, seed=1
+        model="smollm2", messages=PROMPT, stream=True, max_tokens=16, temperature=0, seed=1
     )  # type: ignore[call-overload]
     words: list[str] = []
     arrivals: list[float] = []
