@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from kocoon.api.conditions import ConditionType, ModelPhase, Reason
 from kocoon.api.model import ModelDeploymentSpec
+from kocoon.api.sandbox import Checkpoint
 from kocoon.decide import model
 from kocoon.decide.model import Demand, Previous, Replica, Usage
 from kocoon.status import ConditionUpdate
@@ -54,6 +56,7 @@ def observe(
     checkpoint_unavailable: str | None = None,
     gpu_resources: tuple[str, ...] = (),
     sleep_needs_wake: bool = False,
+    checkpoint: Checkpoint | None = None,
     **spec_fields: Any,
 ) -> model.Observed:
     return model.Observed(
@@ -68,6 +71,7 @@ def observe(
         checkpoint_unavailable=checkpoint_unavailable,
         gpu_resources=gpu_resources,
         sleep_needs_wake=sleep_needs_wake,
+        checkpoint=checkpoint,
     )
 
 
@@ -137,8 +141,6 @@ def test_a_new_deployment_at_min_one_creates_its_replica_and_goes_pending_loadin
 
 
 def replace_phase(previous: Previous, phase: ModelPhase) -> Previous:
-    from dataclasses import replace
-
     return replace(previous, phase=phase)
 
 
@@ -656,3 +658,127 @@ def test_a_sleeping_engine_that_needs_a_wake_is_marked_for_the_router() -> None:
         ("kocoon-model-m-0", True),
         ("kocoon-model-m-1", False),
     ]
+
+
+# --- checkpoint wakes -----------------------------------------------------------------------
+
+TEMPLATE = "0123456789abcdef"
+
+
+def stored(pod_uid: str = "uid-0", template: str = TEMPLATE) -> Checkpoint:
+    return Checkpoint(
+        id=model.checkpoint_id(NAME, pod_uid, template), node="real-0", driver="containerd"
+    )
+
+
+def checkpointed(*replicas: Replica, checkpoint: Checkpoint | None = None, **kw: Any) -> Any:
+    return model.decide(
+        observe(
+            *replicas,
+            template_hash=TEMPLATE,
+            wakeStrategy="checkpoint",
+            checkpoint=checkpoint,
+            **kw,
+        )
+    )
+
+
+def test_scaling_to_zero_checkpoints_the_ready_replica_before_deleting_it() -> None:
+    idle = Demand(last_request=NOW - timedelta(minutes=5))
+    previous = ready_previous(1, lower_demand_since=NOW - timedelta(minutes=5))
+    warm = replica(template_hash=TEMPLATE)
+    decision = checkpointed(warm, demand=idle, previous=previous)
+    assert decision.phase is ModelPhase.SCALED_TO_ZERO
+    assert decision.checkpoint == warm
+    assert decision.delete == ()  # deleted once the checkpoint is stored
+    assert decision.backends == ()  # no request goes to a replica being checkpointed
+    assert decision.requeue_after == pytest.approx(model.DELETING_POLL_SECONDS)
+
+    done = checkpointed(warm, demand=idle, previous=previous, checkpoint=stored())
+    assert done.checkpoint is None
+    assert done.delete == (warm,)
+    assert not done.release_checkpoint
+
+
+def test_a_replica_whose_checkpoint_failed_scales_down_without_one() -> None:
+    idle = Demand(last_request=NOW - timedelta(minutes=5))
+    previous = ready_previous(1, lower_demand_since=NOW - timedelta(minutes=5))
+    failed = replica(template_hash=TEMPLATE, checkpoint_failed=True)
+    decision = checkpointed(failed, demand=idle, previous=previous)
+    assert decision.checkpoint is None
+    assert decision.delete == (failed,)
+
+
+def test_a_wake_with_a_checkpoint_creates_a_held_pod_and_restores_into_it() -> None:
+    at_zero = Previous(phase=ModelPhase.SCALED_TO_ZERO, desired=0)
+    wake = Demand(wake_requested_at=NOW)
+    first = checkpointed(demand=wake, previous=at_zero, checkpoint=stored())
+    assert first.phase is ModelPhase.WAKING
+    assert first.create == (0,)
+    assert first.restore_into == (0,)
+
+    waking = Previous(phase=ModelPhase.WAKING, phase_since=NOW, desired=1)
+    held = replica(
+        ready=False,
+        running=False,
+        held=True,
+        restore_from=stored().id,
+        template_hash=TEMPLATE,
+    )
+    starting = checkpointed(held, demand=wake, previous=waking, checkpoint=stored())
+    assert starting.restore is None  # its container is not up yet
+    assert starting.phase is ModelPhase.WAKING
+
+    up = replace(held, running=True)
+    restoring = checkpointed(up, demand=wake, previous=waking, checkpoint=stored())
+    assert restoring.restore == up
+    assert restoring.delete == ()
+    assert restoring.phase is ModelPhase.WAKING  # not ready before the restore
+
+    restored = replace(up, ready=True, restored=stored().id)
+    woke = checkpointed(
+        restored, demand=wake, previous=waking, checkpoint=stored(), now=NOW + timedelta(seconds=1)
+    )
+    assert woke.phase is ModelPhase.READY
+    assert woke.restore is None
+    assert woke.wake_latency_seconds == 1.0
+    assert not woke.release_checkpoint  # a model's checkpoint serves every later wake too
+
+
+def test_a_checkpoint_of_another_template_is_released_and_the_wake_is_cold() -> None:
+    at_zero = Previous(phase=ModelPhase.SCALED_TO_ZERO, desired=0)
+    old = stored(template="ffffffffffffffff")
+    decision = checkpointed(demand=Demand(wake_requested_at=NOW), previous=at_zero, checkpoint=old)
+    assert decision.release_checkpoint
+    assert decision.create == (0,)
+    assert decision.restore_into == ()
+
+
+def test_a_held_pod_that_cannot_hold_releases_the_checkpoint_and_wakes_cold() -> None:
+    waking = Previous(phase=ModelPhase.WAKING, phase_since=NOW, desired=1)
+    crashing = replica(
+        ready=False,
+        held=True,
+        restore_from=stored().id,
+        template_hash=TEMPLATE,
+        restarts=model.CRASH_LOOP_RESTARTS,
+        waiting_reason="CrashLoopBackOff",
+    )
+    decision = checkpointed(
+        crashing, demand=Demand(wake_requested_at=NOW), previous=waking, checkpoint=stored()
+    )
+    assert decision.release_checkpoint
+    assert decision.delete == (crashing,)
+    assert decision.restore is None
+
+
+def test_checkpoints_are_not_used_where_they_cannot_work() -> None:
+    at_zero = Previous(phase=ModelPhase.SCALED_TO_ZERO, desired=0)
+    decision = checkpointed(
+        demand=Demand(wake_requested_at=NOW),
+        previous=at_zero,
+        checkpoint=stored(),
+        checkpoint_unavailable="no Kocoon agent serves node real-0",
+    )
+    assert decision.restore_into == ()
+    assert decision.release_checkpoint

@@ -22,6 +22,7 @@ from datetime import datetime
 from kocoon import contract
 from kocoon.api.conditions import ConditionType, ModelPhase, Reason
 from kocoon.api.model import ModelDeploymentSpec
+from kocoon.api.sandbox import Checkpoint
 from kocoon.status import ConditionUpdate
 
 # A replica whose engine container restarted this often and is backing off is crash-looping:
@@ -74,6 +75,15 @@ class Replica:
     template_hash: str | None = None
     # `engineSleep`: whether the engine says it sleeps (None: not asked, or no answer).
     asleep: bool | None = None
+    # `checkpoint`: a wake pod whose container only holds the place (`held`) until the node
+    # agent restores the checkpoint `restore_from` beside it (`restored` names it once done);
+    # `running`: the pod's container is up (a held pod is not `ready` before its restore).
+    held: bool = False
+    restore_from: str | None = None
+    restored: str | None = None
+    running: bool = False
+    # The operator marks a replica whose checkpoint failed: it scales down without one.
+    checkpoint_failed: bool = False
 
     @property
     def address(self) -> str | None:
@@ -140,6 +150,8 @@ class Observed:
     # The extended resources a replica's GPU slice asks for (e.g. `nvidia.com/mig-1g.10gb`):
     # a scheduler refusal naming one of them is "no node offers the slice".
     gpu_resources: tuple[str, ...] = ()
+    # The checkpoint of a warm replica a `checkpoint` wake restores (status.checkpoint).
+    checkpoint: Checkpoint | None = None
     # `engineSleep`: whether a sleeping engine needs an explicit wake (vLLM, SGLang) or wakes
     # by itself on the next request (llama-server). Only the first kind is kept from requests.
     sleep_needs_wake: bool = False
@@ -181,6 +193,13 @@ class Decision:
     warning: bool = False
     requeue_after: float | None = None
     extra_events: tuple[tuple[Reason, str], ...] = field(default_factory=tuple)
+    # `checkpoint`: checkpoint this replica now (it is scaling to zero; deleted afterwards),
+    # restore the checkpoint into this held replica, create these indices as held wake pods,
+    # and release a checkpoint that no longer fits (another template, another strategy).
+    checkpoint: Replica | None = None
+    restore: Replica | None = None
+    restore_into: tuple[int, ...] = ()
+    release_checkpoint: bool = False
 
 
 # --- demand and the built-in autoscaler --------------------------------------------------------
@@ -281,6 +300,27 @@ def replica_name(model: str, index: int) -> str:
     return f"kocoon-model-{model}-{index}"
 
 
+def checkpoint_id(model: str, pod_uid: str, template_hash: str) -> str:
+    """One checkpoint per replica incarnation, tagged with the template it was built from."""
+    return f"{model}-{pod_uid.replace('-', '')[:12]}-{template_hash[:8]}"
+
+
+def uses_checkpoints(observed: Observed) -> bool:
+    return observed.spec.wake_strategy == "checkpoint" and observed.checkpoint_unavailable is None
+
+
+def usable_checkpoint(observed: Observed) -> Checkpoint | None:
+    """The stored checkpoint, if a wake may restore it: the strategy is `checkpoint`, it can
+    work here, and the checkpoint was taken of the current pod template."""
+    checkpoint = observed.checkpoint
+    if checkpoint is None or not uses_checkpoints(observed):
+        return None
+    wanted = observed.template_hash[:8]
+    if wanted and not checkpoint.id.endswith(f"-{wanted}"):
+        return None
+    return checkpoint
+
+
 # --- the decision --------------------------------------------------------------------------
 
 
@@ -306,14 +346,36 @@ def decide(observed: Observed) -> Decision:
     failures += len(failing)
     delete += [r for r in live if r.index >= desired]
     delete += _outdated(observed, live, desired, delete)
-    staying = [r for r in live if r not in delete]
+    checkpoint = usable_checkpoint(observed)
+    # A wake pod that cannot restore (its hold failed, the checkpoint went): wake cold.
+    release = observed.checkpoint is not None and (
+        checkpoint is None or any(r.held and r.restored is None for r, _ in failing)
+    )
+    if release:
+        checkpoint = None
+    checkpointing = _to_checkpoint(observed, desired, delete, checkpoint)
+    if checkpointing is not None:
+        delete.remove(checkpointing)  # deleted once its checkpoint is stored
+    restore = None
+    for r in live:
+        if r in delete or not r.held or r.restored is not None:
+            continue
+        if checkpoint is None or r.restore_from != checkpoint.id:
+            delete.append(r)  # holds the place for a restore that will not come
+        elif r.running and restore is None:
+            restore = r
+    staying = [r for r in live if r not in delete and r is not checkpointing]
     # An index whose pod still exists (even one going away) is not created again yet: the
     # name is the same, and a create would only answer 409.
     taken = {r.index for r in observed.replicas}
     create = tuple(i for i in range(desired) if i not in taken)
-    waiting_on_deleting = any(r.deleting and r.index < desired for r in observed.replicas) or any(
-        r.index < desired for r in delete
+    waiting_on_deleting = (
+        any(r.deleting and r.index < desired for r in observed.replicas)
+        or any(r.index < desired for r in delete)
+        or checkpointing is not None
     )
+    # The first replica of a wake restores the checkpoint; any others start cold.
+    restore_into = tuple(i for i in create if i == 0) if checkpoint is not None else ()
 
     ready = [r for r in staying if r.ready and r.ip]
     if ready and len(ready) >= desired and not failing:
@@ -351,7 +413,25 @@ def decide(observed: Observed) -> Decision:
         warning=warning,
         requeue_after=_requeue(observed, scale, billed, waiting_on_deleting),
         extra_events=extra,
+        checkpoint=checkpointing,
+        restore=restore,
+        restore_into=restore_into,
+        release_checkpoint=release,
     )
+
+
+def _to_checkpoint(
+    observed: Observed, desired: int, delete: list[Replica], checkpoint: Checkpoint | None
+) -> Replica | None:
+    """Scaling to zero with `checkpoint` and no usable checkpoint: the ready replica to
+    checkpoint first (one built from the current template, not a restored one)."""
+    if desired != 0 or checkpoint is not None or not uses_checkpoints(observed):
+        return None
+    for replica in sorted(delete, key=lambda r: r.index):
+        current = not observed.template_hash or replica.template_hash == observed.template_hash
+        if replica.ready and current and not replica.held and not replica.checkpoint_failed:
+            return replica
+    return None
 
 
 def _outdated(
@@ -519,12 +599,18 @@ def wake_strategy_condition(observed: Observed) -> ConditionUpdate:
         )
     if strategy == "checkpoint":
         if observed.checkpoint_unavailable is None:
+            stored = usable_checkpoint(observed)
+            now = (
+                f"; checkpoint {stored.id} on {stored.node}"
+                if stored is not None
+                else "; none stored yet"
+            )
             return ConditionUpdate(
                 kind,
                 True,
                 Reason.WAKE_STRATEGY_SUPPORTED,
-                "checkpoint: a warm replica is checkpointed before scaling to zero and restored"
-                " on wake",
+                "checkpoint: a ready replica is checkpointed before scaling to zero and restored"
+                f" on the next wake{now}",
             )
         reason = (
             Reason.CUDA_CHECKPOINT_MISSING
