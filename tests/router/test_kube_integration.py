@@ -87,7 +87,7 @@ async def test_watcher_feeds_token_secrets_into_the_table(api: Any, namespace: s
     try:
         async with asyncio.timeout(20):
             await until(frozenset({hash_token("first")}))
-            assert f"secrets@{namespace}" in watcher.synced
+            assert f"secrets:token@{namespace}" in watcher.synced
             # rotation arrives through the watch
             secret["data"] = {
                 kube.TOKEN_KEY: base64.b64encode(b"second").decode(),
@@ -95,5 +95,46 @@ async def test_watcher_feeds_token_secrets_into_the_table(api: Any, namespace: s
             }
             await core.replace_namespaced_secret("s1-token", namespace, secret)
             await until(frozenset({hash_token("second"), hash_token("first")}))
+    finally:
+        task.cancel()
+
+
+async def test_watcher_feeds_api_keys_into_the_callers(api: Any, namespace: str) -> None:
+    table = RoutingTable()
+    watcher = kube.TableWatcher(api, table, (namespace,))
+    core: Any = client.CoreV1Api(api)
+    secret = {
+        "metadata": {
+            "name": "team-key",
+            "labels": {kube.API_KEY_SECRET_LABEL: "true"},
+            "annotations": {kube.API_KEY_MODELS_ANNOTATION: "smollm2"},
+        },
+        "data": {kube.API_KEY_KEY: base64.b64encode(b"sk-live").decode()},
+    }
+    await core.create_namespaced_secret(namespace, secret)
+    unlabelled = {  # an ordinary Secret is never read
+        "metadata": {"name": "other"},
+        "data": {kube.API_KEY_KEY: base64.b64encode(b"sk-other").decode()},
+    }
+    await core.create_namespaced_secret(namespace, unlabelled)
+    changed = asyncio.Event()
+    table.listeners.append(changed.set)
+
+    async def until(probe: Any) -> None:
+        while not probe():
+            changed.clear()
+            await changed.wait()
+
+    task = asyncio.create_task(watcher.run())
+    try:
+        async with asyncio.timeout(20):
+            await until(lambda: (namespace, "team-key") in table.api_keys)
+            caller = table.callers.identify("Bearer sk-live")
+            assert not isinstance(caller, str)
+            assert (caller.namespace, caller.served_names) == (namespace, {"smollm2"})
+            assert table.callers.identify("Bearer sk-other") == "wrong"
+            await core.delete_namespaced_secret("team-key", namespace)
+            await until(lambda: (namespace, "team-key") not in table.api_keys)
+            assert table.callers.identify("Bearer sk-live") == "wrong"
     finally:
         task.cancel()
