@@ -7,6 +7,7 @@ addresses; the router under test is the real one on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -76,6 +77,9 @@ async def test_routes_by_model_and_forwards_the_body_unchanged(
     listed = await client.models.list()
     assert sorted(m.id for m in listed.data) == ["chat-b", "smollm2"]
     assert {m.owned_by for m in listed.data} == {NAMESPACE}
+    assert (await client.models.retrieve("smollm2")).id == "smollm2"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("nope")
 
 
 async def test_the_callers_namespace_decides_which_model_a_name_means(
@@ -320,6 +324,10 @@ async def test_a_client_that_goes_away_cancels_the_engines_answer(
     await until(gone)
     assert engine_a.finished == 0
     await until(lambda: not router.router.proxy.models.balancer.in_flight)
+    async with http.get(f"{router.admin_url}/metrics") as metrics:
+        text = await metrics.text()
+    labels = f'code="499",model="chat-a",namespace="{NAMESPACE}"'
+    assert f"kocoon_router_model_requests_total{{{labels}}} 1.0" in text
 
 
 # --- balancing -----------------------------------------------------------------------------------
@@ -495,6 +503,20 @@ async def test_engine_errors_pass_through_and_metrics_count_per_model(
     assert f'kocoon_router_model_requests_total{{code="503",{labels}}} 1.0' in metrics
     assert f"kocoon_router_model_time_to_first_byte_seconds_count{{{labels}}} 2.0" in metrics
     assert f"kocoon_router_model_in_flight{{{labels}}} 0.0" in metrics
+
+
+async def test_a_replica_that_accepts_no_connection_is_a_502(router: RunningRouter) -> None:
+    from kocoon.router.table import ModelBackend
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    add_model(router.table, "chat", [ModelBackend(closed, ready=True)])
+    add_api_key(router.table, "key", KEY)
+    with pytest.raises(openai.APIStatusError) as unreachable:
+        await chat(sdk(router), "chat")
+    assert unreachable.value.status_code == 502
+    assert unreachable.value.body["code"] == "backend_unreachable"  # type: ignore[index]
 
 
 # --- a session's own /v1 paths stay the session's ------------------------------------------------
