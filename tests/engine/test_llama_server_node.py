@@ -4,6 +4,7 @@ reaches it through a Kubernetes image volume of the smollm2 image, and it answer
 from __future__ import annotations
 
 import json
+import tarfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -80,3 +81,23 @@ def test_engine_pod_with_the_model_image_volume_serves_at_its_pod_ip(
     logs = real_node.kubectl("logs", pod["metadata"]["name"]).stdout
     # The engine read the model from the image volume, at the path the image promises.
     assert engines.IMAGE_SMOLLM2 in logs
+
+
+def test_kubelet_checkpoints_the_loaded_engine_without_copying_the_model(
+    real_node: Cluster, engine_on_node: dict[str, Any]
+) -> None:
+    """The model is mapped from the image volume, so CRIU leaves it out of the checkpoint."""
+    pod = engine_on_node
+    name = pod["metadata"]["name"]
+    base_url = f"http://{pod['status']['podIP']}:{contract.ENGINE_PORT}"
+    before = ask(base_url)
+    archive = realnode.checkpoint(real_node, "default", name, name)
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getnames()
+        assert any(m.startswith("checkpoint/pages-") for m in members), members[:20]
+        assert archive.stat().st_size < engines.SMOLLM2_SIZE, archive.stat().st_size
+        # The kubelet checkpoints without stopping: the same engine keeps answering.
+        assert ask(base_url) == before
+    finally:
+        archive.unlink(missing_ok=True)
