@@ -15,6 +15,13 @@ from kocoon.devcluster.processes import free_port
 pytestmark = pytest.mark.engine
 
 
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 def test_health_is_200_once_loaded_and_models_lists_the_served_name(
     server: engines.LocalServer,
 ) -> None:
@@ -56,6 +63,7 @@ def test_idle_sleep_unloads_and_the_next_request_answers(
         sleep_idle_seconds=1,
     ) as server:
         awake = ask(server.base_url)
+        loaded_rss = rss_bytes(server.pid)
         deadline = time.monotonic() + 30
         props: dict[str, object] = {}
         while time.monotonic() < deadline:
@@ -64,6 +72,8 @@ def test_idle_sleep_unloads_and_the_next_request_answers(
                 break
             time.sleep(0.2)
         assert props.get("is_sleeping") is True, props
+        # Asleep, the weights are unloaded: most of the memory is given back.
+        assert rss_bytes(server.pid) < loaded_rss / 2, (rss_bytes(server.pid), loaded_rss)
         # Asleep, it still reports healthy: sleep is not a failure to restart on.
         assert engines.http_json(f"{server.base_url}/health")[0] == 200
         assert ask(server.base_url) == awake
