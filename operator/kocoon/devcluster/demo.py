@@ -5,7 +5,9 @@ router reaches it; it goes idle and hibernates; the next request through the rou
 and is answered. Where this machine can be a real node (root, `make node-setup`), the session
 runs there for real and hibernates with its memory: the answer after the wake continues the
 count of the process that went to sleep. Elsewhere it runs on simulated nodes and hibernates
-to its workspace. The cluster, operator, router and agent keep running afterwards
+to its workspace. Then, on the real node, a ModelDeployment (llama.cpp on CPU) is taken from
+zero to an answer streamed through the router's OpenAI endpoint, to zero when idle, and woken
+again (`demo_model.py`). The cluster, operator, router and agent keep running afterwards
 (`make dev-down` stops them all). KOCOON_DEV_REAL_NODE=0 keeps to the simulated nodes.
 """
 
@@ -19,29 +21,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
-from kocoon.devcluster import binaries, realnode, stack
+from kocoon.devcluster import binaries, demo_model, realnode, stack
 from kocoon.devcluster import cluster as cluster_module
+from kocoon.devcluster.console import step, wait
 
 NAMESPACE = "demo"
 NAME = "hello"
 IDLE_TIMEOUT = "15s"
-
-
-def step(message: str) -> None:
-    print(f"\n==> {message}", flush=True)
-
-
-def wait(what: str, probe: Callable[[], Any], timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def real_node_problem() -> str | None:
@@ -203,8 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         "--sort-by=.lastTimestamp",
     ).stdout
     print("\n" + events)
+    model_ok = True
+    if real:
+        model_ok = demo_model.run(handle, router, NAMESPACE)
+    else:
+        step("the model part needs this machine as a real node: skipped")
     print("The cluster keeps running: `make dev-down` stops it.")
-    return 0 if status == 200 else 1
+    return 0 if status == 200 and model_ok else 1
 
 
 if __name__ == "__main__":

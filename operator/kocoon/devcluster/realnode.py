@@ -322,6 +322,26 @@ def counter_sandbox_template(*, as_root: bool) -> dict[str, Any]:
     return template
 
 
+# A RuntimeClass whose scheduling puts pods on the real node: objects whose pods the operator
+# builds without a template of node selectors (ModelDeployment replicas) name it, the way a
+# cluster's dedicated node pool is chosen.
+RUNTIME_CLASS = "kocoon-real-node-runc"
+
+
+def runtime_class() -> dict[str, Any]:
+    """The RuntimeClass `kocoon-real-node-runc`: runc, scheduled onto the real node only."""
+    return {
+        "apiVersion": "node.k8s.io/v1",
+        "kind": "RuntimeClass",
+        "metadata": {"name": RUNTIME_CLASS},
+        "handler": "runc",
+        "scheduling": {
+            "nodeSelector": {REAL_NODE_LABEL: "true"},
+            "tolerations": [{**REAL_NODE_TAINT, "operator": "Equal"}],
+        },
+    }
+
+
 def pod_manifest(
     name: str,
     image: str,
