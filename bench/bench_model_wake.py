@@ -104,6 +104,7 @@ async def checkpoint(
     images.mkdir()
     scratch.mkdir()
     first_token(server.base_url, max_tokens)  # warm: the checkpoint holds a served engine
+    engines.wait_connections_closed(server.pid)
     started = time.monotonic()
     dumped = await driver.checkpoint(CheckpointTarget(REF, pid=server.pid), images, scratch)
     checkpoint_s = time.monotonic() - started

@@ -3,6 +3,7 @@ through the `openai` SDK, streaming, health while loading, and its own idle slee
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -124,3 +125,14 @@ def test_server_args_carry_the_served_name_address_and_sleep() -> None:
     assert (value("--host"), value("--port")) == ("0.0.0.0", "8000")
     assert value("--sleep-idle-seconds") == "30"
     assert "--sleep-idle-seconds" not in engines.server_args("m.gguf", served_name="m")
+
+
+def test_open_connections_sees_a_client_until_it_closes(server: engines.LocalServer) -> None:
+    engines.wait_connections_closed(server.pid)
+    assert engines.open_connections(server.pid) == 0
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.recv(64).startswith(b"HTTP/1.1 200")
+        assert engines.open_connections(server.pid) == 1
+    engines.wait_connections_closed(server.pid)
+    assert engines.open_connections(server.pid) == 0

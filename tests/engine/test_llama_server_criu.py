@@ -39,6 +39,8 @@ async def test_restored_engine_answers_the_same_without_reloading(
         loads = server.output().count("model loaded")
         assert loads == 1, server.output()[-2000:]
 
+        # The clients have closed; the dump starts once the server has closed its side too.
+        engines.wait_connections_closed(server.pid)
         dumped = await driver.checkpoint(CheckpointTarget(REF, pid=server.pid), images, work)
         if server.process is not None:
             server.process.wait(10)  # CRIU ends the dumped tree

@@ -168,6 +168,38 @@ def _alive(pid: int) -> bool:
     return state not in {"Z", "X"}
 
 
+TCP_LISTEN = "0A"
+
+
+def open_connections(pid: int) -> int:
+    """TCP sockets of `pid` other than listening ones (CRIU dumps those only with
+    `--tcp-established`; a client that just closed leaves one until the server reads EOF)."""
+    inodes = set()
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[9] in inodes and fields[3] != TCP_LISTEN:
+                    count += 1
+    return count
+
+
+def wait_connections_closed(pid: int, timeout: float = 10) -> None:
+    """Wait until `pid` holds no TCP connection, only its listening socket."""
+    deadline = time.monotonic() + timeout
+    while open_connections(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pid {pid} still holds {open_connections(pid)} TCP connection(s)")
+        time.sleep(0.01)
+
+
 @dataclass
 class LocalServer:
     """A llama-server process on loopback, in its own session, output in `log`."""
