@@ -37,6 +37,12 @@ class Engine:
     disconnected: int = 0  # streams whose client went away mid-answer
     answer_gate: asyncio.Event = field(default_factory=asyncio.Event)
     token_gate: asyncio.Semaphore | None = None  # each token, and the end, take one release
+    # Like llama-server: a connection that carried a stream is closed, keep-alive or not;
+    # here when the next request arrives on it, so that the router surely meets it closed.
+    close_after_stream: bool = False
+    crash_after_first_token: bool = False  # the connection drops mid-answer
+    dropped: int = 0
+    _streamed_on: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.answer_gate.set()
@@ -71,6 +77,11 @@ def engine_app(engine: Engine) -> web.Application:
         return body
 
     async def chat(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None and id(transport) in engine._streamed_on:
+            engine.dropped += 1
+            transport.close()
+            return web.Response(status=500)  # never sent: the connection is gone
         body = await record(request)
         engine.in_flight += 1
         try:
@@ -102,11 +113,16 @@ def engine_app(engine: Engine) -> web.Application:
                     if engine.token_gate is not None:
                         await engine.token_gate.acquire()
                     await response.write(_chunk(body["model"], i, word, None))
+                    if engine.crash_after_first_token and transport is not None:
+                        transport.abort()
+                        return response
                 if engine.token_gate is not None:  # the end waits for its turn too
                     await engine.token_gate.acquire()
                 await response.write(_chunk(body["model"], len(words), "", "stop"))
                 await response.write(b"data: [DONE]\n\n")
                 await response.write_eof()
+                if engine.close_after_stream and transport is not None:
+                    engine._streamed_on.add(id(transport))
             except (asyncio.CancelledError, ConnectionResetError):
                 engine.disconnected += 1
                 raise

@@ -505,6 +505,39 @@ async def test_engine_errors_pass_through_and_metrics_count_per_model(
     assert f"kocoon_router_model_in_flight{{{labels}}} 0.0" in metrics
 
 
+async def test_a_pooled_connection_the_engine_closed_is_retried_on_a_new_one(
+    router: RunningRouter, engine_a: Engine
+) -> None:
+    engine_a.close_after_stream = True
+    add_model(router.table, "chat", [engine_a.backend()])
+    add_api_key(router.table, "key", KEY)
+    client = sdk(router)
+    for _ in range(4):
+        stream = await client.chat.completions.create(model="chat", messages=[], stream=True)
+        words = [c.choices[0].delta.content async for c in stream if c.choices[0].delta.content]
+        assert len(words) == engine_a.tokens
+    assert engine_a.dropped >= 3  # every request after a stream met a closed connection
+    assert engine_a.finished == 4
+
+
+async def test_an_engine_failing_mid_stream_ends_the_stream_with_an_error_event(
+    router: RunningRouter, engine_a: Engine
+) -> None:
+    engine_a.crash_after_first_token = True
+    add_model(router.table, "chat", [engine_a.backend()])
+    add_api_key(router.table, "key", KEY)
+    stream = await sdk(router).chat.completions.create(model="chat", messages=[], stream=True)
+    words: list[str] = []
+
+    async def read() -> None:
+        async for chunk in stream:
+            words.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError, match="failed mid-answer"):
+        await read()
+    assert words == ["alpha-0 "]
+
+
 async def test_a_replica_that_accepts_no_connection_is_a_502(router: RunningRouter) -> None:
     from kocoon.router.table import ModelBackend
 

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 KEEPALIVE = b": waiting for model\n\n"
 SSE_MEDIA_TYPE = "text/event-stream"
 CLIENT_CLOSED = "499"  # nginx's code for a client that went away; only in metrics
+# Pooled connections found closed by the engine, in a row, before giving up with a 502.
+STALE_CONNECTION_RETRIES = 3
 
 
 class _RelayedResponse(web.StreamResponse):
@@ -278,52 +280,73 @@ class ModelEndpoint:
         started: float,
         prepared: web.StreamResponse | None = None,
     ) -> web.StreamResponse:
+        gauge = self.proxy.metrics.model_in_flight.labels(key.namespace, key.name)
+        self.proxy.tracker.begin(key)
+        gauge.inc()
+        try:
+            try:
+                endpoint, upstream = await self._open(request, key, route, body, path, prefix)
+            except (TimeoutError, aiohttp.ClientConnectionError) as error:
+                unreachable = OpenAIError(
+                    502, f"The model {key.name}'s replica is unreachable ({error})",
+                    type="server_error", code="backend_unreachable",
+                )  # fmt: skip
+                if prepared is None:
+                    return unreachable.response()
+                with contextlib.suppress(ConnectionError):
+                    await prepared.write(unreachable.sse_event())
+                    await prepared.write_eof()
+                return prepared
+            with self.balancer.using(endpoint):
+                async with upstream:
+                    return await self._relay(request, key, upstream, started, prepared)
+        finally:
+            gauge.dec()
+            self.proxy.tracker.end(key)
+
+    async def _open(
+        self, request: web.Request, key: TargetKey, route: Route, body: bytes, path: str,
+        prefix: str,
+    ) -> tuple[str, aiohttp.ClientResponse]:  # fmt: skip
+        """The engine's response (status and headers), retrying while nothing was received.
+
+        Two failures happen before an engine has read the request: a refused connection (a
+        replica that has just become ready, not listening yet), retried with backoff, on
+        another replica when there is one; and a pooled keep-alive connection the engine has
+        closed meanwhile (llama-server closes its connection after every streamed answer while
+        announcing keep-alive), retried at once on a new connection. An inference request has
+        no side effects, so sending it again when no answer has started is safe.
+        """
         from kocoon.router.proxy import CONNECT_RETRY_DELAYS, request_headers
 
         headers = request_headers(
             request.headers, remote=request.remote, scheme=request.scheme, host=request.host,
             prefix=prefix,
         )  # fmt: skip
-        gauge = self.proxy.metrics.model_in_flight.labels(key.namespace, key.name)
-        self.proxy.tracker.begin(key)
-        gauge.inc()
         failed: str | None = None
-        try:
-            for delay in (*CONNECT_RETRY_DELAYS, None):
-                fresh = self.table.resolve(key)
-                endpoints = fresh.endpoints if fresh is not None else ()
-                if not endpoints:
-                    endpoints = route.endpoints
-                endpoint = self.balancer.pick(endpoints, avoid=failed)
-                try:
-                    with self.balancer.using(endpoint):
-                        async with self.proxy.client.request(
-                            request.method, f"http://{endpoint}{path}", headers=headers,
-                            data=body if body else None, allow_redirects=False,
-                        ) as upstream:  # fmt: skip
-                            return await self._relay(request, key, upstream, started, prepared)
-                except aiohttp.ClientConnectorError:
-                    # Nothing was sent: safe to retry, on another replica when there is one.
-                    failed = endpoint
-                    if delay is None:
-                        raise
-                    await asyncio.sleep(delay)
-            raise AssertionError("unreachable")
-        except (TimeoutError, aiohttp.ClientConnectionError) as error:
-            unreachable = OpenAIError(
-                502, f"The model {key.name}'s replica is unreachable ({error})",
-                type="server_error", code="backend_unreachable",
-            )  # fmt: skip
-            if prepared is None or not prepared.prepared:
-                return unreachable.response()
-            response = prepared
-            with contextlib.suppress(ConnectionError):
-                await response.write(unreachable.sse_event())
-                await response.write_eof()
-            return response
-        finally:
-            gauge.dec()
-            self.proxy.tracker.end(key)
+        stale_retries = 0
+        delays = iter((*CONNECT_RETRY_DELAYS, None))
+        while True:
+            fresh = self.table.resolve(key)  # replicas may have come or gone meanwhile
+            endpoints = (fresh.endpoints if fresh is not None else ()) or route.endpoints
+            endpoint = self.balancer.pick(endpoints, avoid=failed)
+            try:
+                with self.balancer.using(endpoint):
+                    upstream = await self.proxy.client.request(
+                        request.method, f"http://{endpoint}{path}", headers=headers,
+                        data=body if body else None, allow_redirects=False,
+                    )  # fmt: skip
+                return endpoint, upstream
+            except aiohttp.ClientConnectorError:
+                failed = endpoint
+                delay = next(delays)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                stale_retries += 1
+                if stale_retries > STALE_CONNECTION_RETRIES:
+                    raise
 
     async def _relay(
         self,
@@ -362,11 +385,22 @@ class ModelEndpoint:
                 ttfb.observe(time.perf_counter() - started)
                 first = False
                 await response.write(head)
-        async for chunk in upstream.content.iter_any():
-            if first:
-                ttfb.observe(time.perf_counter() - started)
-                first = False
-            await response.write(chunk)
+        try:
+            async for chunk in upstream.content.iter_any():
+                if first:
+                    ttfb.observe(time.perf_counter() - started)
+                    first = False
+                await response.write(chunk)
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as error:
+            # The engine failed mid-answer. A stream ends with an error event; any other body
+            # cannot say so, and the connection is dropped so the client sees it cut short.
+            if SSE_MEDIA_TYPE not in response.headers.get("Content-Type", ""):
+                raise
+            failed = OpenAIError(
+                502, f"The model {key.name}'s replica failed mid-answer ({error})",
+                type="server_error", code="backend_failed",
+            )  # fmt: skip
+            await response.write(failed.sse_event())
         if first:
             ttfb.observe(time.perf_counter() - started)
         await response.write_eof()
