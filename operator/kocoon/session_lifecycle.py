@@ -72,6 +72,9 @@ class TokenView:
     has_previous: bool = False
     rotation: str | None = None  # the rotation request last carried out
     rotated_at: datetime | None = None
+    # Controlled by the session and labelled with it (else made by its Sandbox, e.g. when
+    # the Sandbox recreated a deleted Secret first): the session then claims it, token kept.
+    owned: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Action(StrEnum):
     FORWARD_WAKE = "ForwardWake"
     CLEAR_WAKE_REQUEST = "ClearWakeRequest"
     MIRROR_ACTIVITY = "MirrorActivity"
+    CLAIM_TOKEN = "ClaimToken"
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,8 @@ def _seconds_until(now: datetime, moments: list[datetime | None]) -> float | Non
 
 def decide(observed: Observed) -> Decision:
     token_actions, token_conditions, token_events, token_due = _token(observed)
+    if observed.token is not None and not observed.token.owned:
+        token_actions = (Action.CLAIM_TOKEN, *token_actions)
     if observed.template_error is not None:
         decision = _invalid(observed)
     else:
@@ -528,10 +534,49 @@ def account_usage(
     last_total: Usage | None,
     sandbox_uid: str | None,
     sandbox_usage: Usage | None,
+    departed: tuple[str, Usage | None] | None = None,
 ) -> tuple[UsageLedger, Usage]:
-    """The ledger after this observation, and the session's total usage."""
+    """The ledger after this observation, and the session's total usage.
+
+    `departed` is the last usage a deleted Sandbox reported (uid, usage), when known: it is
+    folded in exactly; otherwise the total last written is.
+    """
     if ledger.sandbox_uid is not None and ledger.sandbox_uid != sandbox_uid:
-        ledger = UsageLedger(retired=last_total or ledger.retired, sandbox_uid=None)
+        if departed is not None and departed[0] == ledger.sandbox_uid:
+            retired = add_usage(ledger.retired, departed[1])
+        else:
+            retired = last_total or ledger.retired
+        ledger = UsageLedger(retired=retired, sandbox_uid=None)
     if sandbox_uid is not None and ledger.sandbox_uid != sandbox_uid:
         ledger = UsageLedger(retired=ledger.retired, sandbox_uid=sandbox_uid)
     return ledger, add_usage(ledger.retired, sandbox_usage if sandbox_uid else None)
+
+
+# The session's usage total follows its Sandbox's at phase changes, when a Sandbox is replaced
+# or gone, and otherwise at most this often: no status write for every usage tick.
+USAGE_REFRESH = timedelta(seconds=60)
+
+
+def usage_to_write(
+    last_total: Usage | None,
+    total: Usage,
+    sandbox: SandboxView | None,
+    *,
+    phase_changed: bool,
+    ledger_changed: bool,
+) -> Usage:
+    """The usage total the session's status should hold after this observation: refreshed
+    when the session's phase changed, its Sandbox changed phase since the total was taken,
+    is being deleted (its final usage), was replaced or is gone; else at most once a minute."""
+    if last_total is None or phase_changed or ledger_changed or total == last_total:
+        return total
+    before, after = last_total.accounted_until, total.accounted_until
+    if before is None or after is None or after - before >= USAGE_REFRESH:
+        return total
+    if sandbox is not None and (
+        sandbox.deleting
+        or sandbox.phase is SandboxPhase.TERMINATING
+        or (sandbox.phase_since is not None and sandbox.phase_since > before)
+    ):
+        return total
+    return last_total

@@ -243,3 +243,20 @@ def test_the_usage_ledger_round_trips_through_annotations() -> None:
     annotations = {k: v for k, v in controller.ledger_annotations(ledger).items() if v}
     assert controller.usage_ledger(annotations) == ledger
     assert controller.usage_ledger({controller.USAGE_RETIRED_ANNOTATION: "{bad"}).retired == Usage()
+
+
+def test_claiming_a_token_secret_sets_the_sessions_labels_and_owner_only() -> None:
+    patch = build.token_claim_patch(OWNER)
+    assert set(patch) == {"metadata"}  # the token itself is kept
+    assert patch["metadata"]["labels"][build.SESSION_LABEL] == "s1"
+    assert patch["metadata"]["labels"][token.TOKEN_LABEL] == "true"
+    [ref] = patch["metadata"]["ownerReferences"]
+    assert (ref["kind"], ref["uid"], ref["controller"]) == ("AgentSession", "uid-1", True)
+    secret = {"metadata": {"labels": patch["metadata"]["labels"], **patch["metadata"]}}
+    claimed = controller.token_view(secret, OWNER)
+    assert claimed is not None
+    assert claimed.owned
+    by_sandbox = {"metadata": {"ownerReferences": [{"kind": "Sandbox", "uid": "x"}]}}
+    view = controller.token_view(by_sandbox, OWNER)
+    assert view is not None
+    assert not view.owned

@@ -23,6 +23,8 @@ TEMPLATE: dict[str, Any] = {
     "network": {"exposedPorts": ["http"]},
     "workspace": {"size": "1Gi"},
 }
+# A ModelDeployment as admission accepts it; only its existence matters here.
+MODEL_SPEC: dict[str, Any] = {"model": {"uri": "hf://org/model"}, "engine": {"type": "vllm"}}
 
 
 def create(cluster: Cluster, namespace: str, name: str, **spec: Any) -> None:
@@ -329,12 +331,117 @@ def test_retention_releases_the_checkpoint_of_a_long_hibernated_session(
         json.dumps({"status": {"checkpoint": checkpoint}}),
     )
 
-    # The session asks the Sandbox controller (the only writer of the Sandbox's status) to
-    # release it, on the Sandbox it applies.
-    def asked() -> bool:
-        found = annotations_of(get(cluster, "sandbox", namespace, "s"))
-        return found.get("kocoon.io/release-checkpoint") == checkpoint["id"]
+    # The session asks, with an annotation on the Sandbox it applies; the Sandbox controller
+    # (the only writer of the Sandbox's status) releases it.
+    def released() -> dict[str, Any] | None:
+        sandbox = get(cluster, "sandbox", namespace, "s")
+        if sandbox is None or sandbox["status"].get("checkpoint"):
+            return None
+        return conditions(sandbox).get("CheckpointAvailable")
 
-    wait_for("the session to ask for the checkpoint's release", asked, timeout=20)
+    condition = wait_for("the checkpoint to be released", released, timeout=20)
+    assert condition["status"] == "False"
     assert sandbox_phase(cluster, namespace, "s") == "Hibernated"
     assert "HibernatedStateReleased" in events_of(cluster, namespace, "s")
+    # Done: the session withdraws its request.
+    wait_for(
+        "the release request to be withdrawn",
+        lambda: (
+            "kocoon.io/release-checkpoint"
+            not in annotations_of(get(cluster, "sandbox", namespace, "s"))
+        ),
+        timeout=10,
+    )
+
+
+def test_a_hand_edit_of_the_sandbox_is_reverted_and_a_deleted_child_recreated(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "sconv")
+    create(cluster, namespace, "s", idleTimeout="10m")
+    wait_session(cluster, namespace, "s", "Running")
+    cluster.kubectl(
+        "patch",
+        "sandbox",
+        "s",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"idleTimeout": "5s", "operatingMode": "Hibernated"}}),
+    )
+
+    def reverted() -> bool:
+        spec = (get(cluster, "sandbox", namespace, "s") or {}).get("spec", {})
+        return spec.get("idleTimeout") == "10m0s" and spec.get("operatingMode") == "Auto"
+
+    wait_for("the session to revert the edit of its Sandbox", reverted, timeout=10)
+
+    secret = get(cluster, "secret", namespace, "s-token")
+    assert secret is not None
+    old = secret_value(secret, "token")
+    cluster.kubectl("delete", "secret", "s-token", "-n", namespace)
+
+    # Recreated, and the session's (its Sandbox may have recreated it first: then the session
+    # claims it, keeping that token).
+    def recreated() -> dict[str, Any] | None:
+        found = get(cluster, "secret", namespace, "s-token")
+        if found is None or found["metadata"]["uid"] == secret["metadata"]["uid"]:
+            return None
+        owners = [ref["kind"] for ref in found["metadata"].get("ownerReferences") or []]
+        return found if owners == ["AgentSession"] else None
+
+    again = wait_for("the token Secret to be recreated", recreated, timeout=10)
+    assert secret_value(again, "token") != old
+    assert again["metadata"]["labels"]["kocoon.io/session"] == "s"
+
+    cluster.kubectl("delete", "lease", "kocoon-activity-agentsession-s", "-n", namespace)
+    wait_for(
+        "the session's Lease to be recreated",
+        lambda: get(cluster, "lease", namespace, "kocoon-activity-agentsession-s"),
+        timeout=10,
+    )
+
+
+def test_max_lifetime_expires_within_a_second_of_being_due(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "sdue")
+    create(cluster, namespace, "s", maxLifetime="3s")
+    running = wait_session(cluster, namespace, "s", "Running")
+    due = datetime.fromisoformat(running["status"]["startTime"].replace("Z", "+00:00")).timestamp()
+    due += 3
+    expired = wait_session(cluster, namespace, "s", "Expired", timeout=20)
+    # The Expired condition's transition time is when the operator acted (whole seconds).
+    at = conditions(expired)["Expired"]["lastTransitionTime"]
+    acted = datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+    assert due <= acted + 1  # not before it is due (the stamp drops the fraction)
+    assert acted - due <= 1.0, f"expired {acted - due:.1f} s after it was due"
+
+
+def test_a_model_the_session_names_must_exist(cluster: Cluster, operator: OperatorProcess) -> None:
+    namespace = new_namespace(cluster, "smod")
+    create(cluster, namespace, "s", models=[{"name": "chat-model"}])
+
+    def condition() -> dict[str, Any] | None:
+        found = get(cluster, "agentsession", namespace, "s")
+        return conditions(found).get("ModelsAvailable") if found and "status" in found else None
+
+    missing = wait_for("the ModelsAvailable condition", condition, timeout=20)
+    assert (missing["status"], missing["reason"]) == ("False", "ModelNotFound")
+    assert "spec.models[0]" in missing["message"]
+    assert "chat-model" in missing["message"]
+
+    model = {
+        "apiVersion": "kocoon.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "chat-model", "namespace": namespace},
+        "spec": MODEL_SPEC,
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(model))
+    found = wait_for(
+        "the model to be found",
+        lambda: (c := condition()) and c["status"] == "True" and c,
+        timeout=20,
+    )
+    assert found["reason"] == "ModelsFound"

@@ -386,3 +386,54 @@ def test_a_replaced_sandbox_is_folded_in_even_without_seeing_it_gone() -> None:
     ledger, total = sl.account_usage(ledger, last_total, "b", usage(3))
     assert ledger.retired.active_seconds == 12
     assert total.active_seconds == 15
+
+
+def test_the_usage_total_follows_phase_changes_not_every_tick() -> None:
+    def at(seconds: float, active: float) -> Usage:
+        return Usage(active_seconds=active, accounted_until=NOW + timedelta(seconds=seconds))
+
+    last = at(0, 10)
+    running = sandbox(phase_since=NOW - timedelta(minutes=5))
+    # The Sandbox counted 20 s more in the same phase: the session keeps its total.
+    tick = sl.usage_to_write(last, at(20, 30), running, phase_changed=False, ledger_changed=False)
+    assert tick == last
+    # A minute later it follows, and at once on any change of phase or Sandbox.
+    minute = sl.usage_to_write(last, at(60, 70), running, phase_changed=False, ledger_changed=False)
+    assert minute.active_seconds == 70
+    moved = replace(running, phase_since=NOW + timedelta(seconds=10))
+    assert sl.usage_to_write(
+        last, at(20, 30), moved, phase_changed=False, ledger_changed=False
+    ) == (at(20, 30))
+    going = replace(running, deleting=True)
+    assert sl.usage_to_write(
+        last, at(20, 30), going, phase_changed=False, ledger_changed=False
+    ) == (at(20, 30))
+    assert sl.usage_to_write(
+        last, at(20, 30), running, phase_changed=True, ledger_changed=False
+    ) == (at(20, 30))
+    assert sl.usage_to_write(last, at(20, 30), None, phase_changed=False, ledger_changed=True) == (
+        at(20, 30)
+    )
+    assert sl.usage_to_write(
+        None, at(20, 30), running, phase_changed=False, ledger_changed=False
+    ) == (at(20, 30))
+
+
+def test_a_deleted_sandbox_s_final_usage_is_folded_in_exactly() -> None:
+    ledger = sl.UsageLedger(retired=usage(5), sandbox_uid="a")
+    stale_total = sl.add_usage(usage(5), usage(1))  # written before "a" counted its last minute
+    ledger, total = sl.account_usage(ledger, stale_total, None, None, ("a", usage(9)))
+    assert ledger == sl.UsageLedger(retired=total, sandbox_uid=None)
+    assert total.active_seconds == 14
+    # Another Sandbox's departure says nothing about "a": the total last written is kept.
+    other = sl.UsageLedger(retired=usage(5), sandbox_uid="a")
+    _, kept = sl.account_usage(other, stale_total, None, None, ("b", usage(100)))
+    assert kept == stale_total
+
+
+def test_a_token_secret_made_by_the_sandbox_is_claimed_not_replaced() -> None:
+    made_by_sandbox = sl.TokenView(owned=False)
+    decision = sl.decide(observed(token=made_by_sandbox, sandbox=sandbox()))
+    assert decision.actions[0] is Action.CLAIM_TOKEN
+    assert Action.CREATE_TOKEN not in decision.actions
+    assert Action.CLAIM_TOKEN not in sl.decide(observed(sandbox=sandbox())).actions

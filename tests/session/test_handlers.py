@@ -1,11 +1,13 @@
 """The AgentSession controller's reconcile against kmock's Kubernetes emulator: no cluster.
 
 The clocks are the controllers' own (`session._now`, `sandbox._now`), moved forward by the
-test, so lifetimes, retention and the token's grace period are checked exactly.
+test, so lifetimes, retention and the token's grace period are checked exactly. The session
+reads only its stores; `sync` fills them from the emulator as the watches would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -18,7 +20,9 @@ from kocoon import session_lifecycle as sl
 from kocoon.api.sandbox import Checkpoint
 from kocoon.controllers import context, sandbox, session
 from kocoon.controllers.checkpoints import CheckpointUnavailable, Target
+from kocoon.controllers.reconciler import Key, Result, Store
 from kocoon.kube import client as kube_client
+from kocoon.kube.resources import AGENT_SESSION, EVENT, LEASE, SANDBOX, SECRET, Kind
 from tests import kmockkit
 from tests.kmockkit import SANDBOXES, SESSIONS, Clock
 
@@ -129,15 +133,43 @@ def bring_pod_up(k: kmock.KubernetesEmulator) -> None:
         )
 
 
+WATCHED: list[tuple[str, Kind]] = [
+    (session.SESSIONS, AGENT_SESSION),
+    (session.SANDBOXES, SANDBOX),
+    (session.SECRETS, SECRET),
+    (session.LEASES, LEASE),
+]
+
+
+async def sync(ctx: context.OperatorContext) -> None:
+    """The stores as the watches would hold them now (fed through the handlers' `cache`)."""
+    for store, kind in WATCHED:
+        ctx.stores[store] = Store(store)
+        for body in await kube_client.list_objects(ctx.api, kind, NS):
+            body = {"apiVersion": kind.api_version, "kind": kind.kind, **body}
+            session.cache(ctx, store, None, body)
+
+
+async def reconcile(ctx: context.OperatorContext) -> Result:
+    await sync(ctx)
+    return await session.reconcile(ctx, NS, NAME)
+
+
 async def settle(
     ctx: context.OperatorContext, k: kmock.KubernetesEmulator, rounds: int = 4
 ) -> None:
     """Reconcile the session and its Sandbox in turn, as their watches would."""
     for _ in range(rounds):
-        await session.reconcile(ctx, NS, NAME)
+        await reconcile(ctx)
         if stored(k, SANDBOXES) is not None:
             await sandbox.reconcile(ctx, NS, NAME)
             bring_pod_up(k)
+
+
+def deleted(k: kmock.KubernetesEmulator, resource: str) -> bool:
+    """Gone, or going (its finalizer still to run)."""
+    obj = stored(k, resource)
+    return obj is None or bool(obj["metadata"].get("deletionTimestamp"))
 
 
 def secret_data(k: kmock.KubernetesEmulator) -> dict[str, str]:
@@ -178,18 +210,18 @@ async def test_the_previous_token_lasts_exactly_the_grace_period(
     k.objects[SESSIONS, NS, NAME].patch(
         {"metadata": {"annotations": {"kocoon.io/rotate-token": "2026-11-23"}}}
     )
-    await session.reconcile(ctx, NS, NAME)
+    await reconcile(ctx)
     data = secret_data(k)
     assert data["previousToken"] == first
     assert data["token"] != first
     second = data["token"]
 
     clock.now += sl.TOKEN_GRACE - timedelta(seconds=1)
-    await session.reconcile(ctx, NS, NAME)
+    await reconcile(ctx)
     assert secret_data(k) == {"token": second, "previousToken": first}
 
     clock.now += timedelta(seconds=1)
-    await session.reconcile(ctx, NS, NAME)
+    await reconcile(ctx)
     assert secret_data(k) == {"token": second}
     accepted = {c["type"]: c for c in status_of(k)["conditions"]}["PreviousTokenAccepted"]
     assert accepted["status"] == "False"
@@ -208,12 +240,16 @@ async def test_max_lifetime_ends_the_session_on_the_second(
     await settle(ctx, k)
     assert status_of(k)["phase"] == "Running"
     clock.now += timedelta(seconds=1)
-    await session.reconcile(ctx, NS, NAME)
+    await reconcile(ctx)
     status = status_of(k)
     assert status["phase"] == "Expired"
-    assert stored(k, SANDBOXES) is None
+    assert deleted(k, SANDBOXES)
     assert status["usage"]["idleSeconds"] >= usage_before.get("idleSeconds", 0)
-    await session.reconcile(ctx, NS, NAME)
+    if stored(k, SANDBOXES) is not None:  # the Sandbox's finalizer runs: it is gone
+        patch = {"metadata": {"finalizers": None}}
+        await kube_client.merge_patch(ctx.api, SANDBOX, NS, NAME, patch)
+    assert stored(k, SANDBOXES) is None
+    await reconcile(ctx)
     status = status_of(k)
     assert "sandboxRef" not in status
     assert status["usage"]["idleSeconds"] + status["usage"].get("activeSeconds", 0) >= 3599
@@ -236,15 +272,127 @@ async def test_retention_asks_the_sandbox_to_release_its_memory_checkpoint(
     )
 
     clock.now += timedelta(minutes=59)
-    await session.reconcile(ctx, NS, NAME)
+    await reconcile(ctx)
     box = stored(k, SANDBOXES)
     assert box is not None
     assert RELEASE not in (box["metadata"].get("annotations") or {})
     clock.now += timedelta(minutes=2)
-    await session.reconcile(ctx, NS, NAME)
+    await reconcile(ctx)
     box = stored(k, SANDBOXES)
     assert box is not None
     assert box["metadata"]["annotations"][RELEASE] == "chat-0123"
     # The session only states its intent: the Sandbox's status is its controller's to write.
     assert box["status"]["checkpoint"]["id"] == "chat-0123"
     assert agent.released == []
+
+
+async def test_a_hand_edit_of_the_sandbox_is_reverted_and_a_deleted_token_recreated(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_session(ctx, idleTimeout="10m")
+    await settle(ctx, k)
+    k.objects[SANDBOXES, NS, NAME].patch(
+        {"spec": {"idleTimeout": "1s", "template": {"image": "evil"}}}
+    )
+    await reconcile(ctx)
+    box = stored(k, SANDBOXES)
+    assert box is not None
+    assert (box["spec"]["idleTimeout"], box["spec"]["template"]["image"]) == ("10m0s", "busybox")
+
+    first = secret_data(k)["token"]
+    await kube_client.delete(ctx.api, SECRET, NS, f"{NAME}-token")
+    assert stored(k, "v1/secrets", f"{NAME}-token") is None
+    await reconcile(ctx)
+    again = secret_data(k)["token"]
+    assert again != first  # a new token: the old one is gone with its Secret
+    assert status_of(k)["tokenSecretRef"] == {"name": f"{NAME}-token", "key": "token"}
+
+
+async def test_the_reconcile_asks_to_run_again_when_the_lifetime_ends(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_session(ctx, maxLifetime="1h")
+    await settle(ctx, k)
+    clock.now += timedelta(minutes=59, seconds=57)
+    result = await reconcile(ctx)
+    assert result.requeue_after == pytest.approx(3, abs=0.01)
+
+
+async def test_a_quiet_session_writes_nothing(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_session(ctx, idleTimeout="10m")
+    await settle(ctx, k)
+    await reconcile(ctx)
+    before = {
+        kind: (stored(k, kind) or {})["metadata"].get("resourceVersion")
+        for kind in (SESSIONS, SANDBOXES)
+    }
+    clock.now += timedelta(seconds=5)
+    await reconcile(ctx)
+    await reconcile(ctx)
+    after = {
+        kind: (stored(k, kind) or {})["metadata"].get("resourceVersion")
+        for kind in (SESSIONS, SANDBOXES)
+    }
+    assert after == before
+
+
+async def test_a_missing_model_is_named_in_a_condition(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_session(ctx, models=[{"name": "llama"}, {"name": "qwen"}])
+    await sync(ctx)
+    session.cache(ctx, session.MODELS, None, {"metadata": {"namespace": NS, "name": "llama"}})
+    await session.reconcile(ctx, NS, NAME)
+    found = {c["type"]: c for c in status_of(k)["conditions"]}["ModelsAvailable"]
+    assert (found["status"], found["reason"]) == ("False", "ModelNotFound")
+    assert "spec.models[1]" in found["message"]
+    assert "qwen" in found["message"]
+
+    await sync(ctx)
+    session.cache(ctx, session.MODELS, None, {"metadata": {"namespace": NS, "name": "qwen"}})
+    await session.reconcile(ctx, NS, NAME)
+    found = {c["type"]: c for c in status_of(k)["conditions"]}["ModelsAvailable"]
+    assert (found["status"], found["reason"]) == ("True", "ModelsFound")
+    assert session.sessions_using_model(ctx, NS, "qwen") == [NAME]
+    assert session.sessions_using_model(ctx, NS, "other") == []
+
+
+async def test_a_failing_reconcile_says_why_in_status_and_an_event_and_backs_off(
+    emulator: tuple[kmock.KubernetesEmulator, str],
+    ctx: context.OperatorContext,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    k, _ = emulator
+    await create_session(ctx)
+    await sync(ctx)
+    calls: list[str] = []
+
+    async def refused(api: Any, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+        calls.append(obj["kind"])
+        raise kube_client.ApiError(403, "Forbidden", {"message": "quota exceeded: sandboxes=0"})
+
+    monkeypatch.setattr(kube_client, "apply", refused)
+    worker = session.reconciler(ctx)
+    worker.backoff_base = 0.05
+    worker.trigger(Key(NS, NAME))
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        ready = {c["type"]: c for c in status_of(k).get("conditions") or []}.get("Ready")
+        if ready is not None and ready["reason"] == "ReconcilerError":
+            break
+    assert ready is not None
+    assert ready["status"] == "False"
+    assert "quota exceeded: sandboxes=0" in ready["message"]
+    await asyncio.sleep(0.3)
+    tries = len([c for c in calls if c == "Sandbox"])
+    assert 2 <= tries < 10  # retried, with a growing pause
+    reasons = [e["reason"] for e in await kube_client.list_objects(ctx.api, EVENT, NS)]
+    assert "ReconcilerError" in reasons
+    await worker.close()

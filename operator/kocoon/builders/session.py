@@ -190,6 +190,16 @@ def token_secret(owner: Identity, current: str, rotation: str | None) -> dict[st
     }
 
 
+def token_claim_patch(owner: Identity) -> dict[str, Any]:
+    """Merge patch making an existing token Secret the session's (its token unchanged)."""
+    return {
+        "metadata": {
+            "labels": {**labels(owner.name, "token"), token.TOKEN_LABEL: "true"},
+            "ownerReferences": _owner_references(owner),
+        }
+    }
+
+
 def token_rotation_patch(new: str, previous: str, rotation: str, now: datetime) -> dict[str, Any]:
     """Merge patch: a new token; the old one stays valid as previousToken for a grace period."""
     return {
