@@ -113,12 +113,19 @@ async def streamed(
 
 
 async def measure(
-    targets: dict[str, tuple[str, str]], rounds: int, requests: int, max_tokens: int
+    targets: dict[str, tuple[str, str]],
+    rounds: int,
+    requests: int,
+    max_tokens: int,
+    fresh_connections: bool = False,
 ) -> dict[str, dict[str, list[float]]]:
     samples: dict[str, dict[str, list[float]]] = {
         name: {"ttft": [], "rate": []} for name in targets
     }
-    async with aiohttp.ClientSession() as http:
+    # llama-server closes its connection after every streamed answer (while announcing
+    # keep-alive), so its clients open one per request: so does this one, for both targets.
+    connector = aiohttp.TCPConnector(force_close=fresh_connections)
+    async with aiohttp.ClientSession(connector=connector) as http:
         for base, key in targets.values():  # warm up connections and caches
             await streamed(http, base, key, max_tokens)
         for _ in range(rounds):
@@ -212,7 +219,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             max_tokens = args.tokens
         async with upstream as address, router_in_front(address) as router:
             targets = {"direct": (f"http://{address}", "unused"), "router": (router, API_KEY)}
-            samples = await measure(targets, args.rounds, args.requests, max_tokens)
+            samples = await measure(
+                targets, args.rounds, args.requests, max_tokens, fresh_connections=engine == "llama"
+            )
         results[engine] = {"max_tokens": max_tokens, **summarize(samples)}
         print(f"{engine}: {json.dumps(results[engine], indent=1)}", flush=True)
     return results

@@ -166,3 +166,27 @@ def test_model_renewals_carry_the_queued_count() -> None:
     )
     key = TargetKey(TargetKind.MODEL, "ns", "chat")
     assert kube.lease_name(key) == "kocoon-activity-modeldeployment-chat"
+
+
+def test_the_router_imports_nothing_of_the_operator_but_the_contract() -> None:
+    import ast
+    from pathlib import Path
+
+    import kocoon.router
+
+    imported: set[str] = set()
+    for source in Path(kocoon.router.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                imported.update(n for n in names if n.startswith("kocoon"))
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names if a.name.startswith("kocoon"))
+    outside = {
+        name
+        for name in imported
+        if not name.startswith(("kocoon.router", "kocoon.contract"))
+        and name not in {"kocoon", "kocoon.contract"}
+    }
+    assert outside == set()
+    assert "kocoon.contract" in imported

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from kocoon import contract
 from kocoon.router.activity import (
     DEFAULT_INTERVAL_SECONDS,
     ActivityPublisher,
@@ -169,7 +170,7 @@ def load_static(path: Path, table: RoutingTable) -> None:
         if token:
             table.upsert_secret(namespace, secret, [hash_token(str(token))])
         view = BackendView(
-            phase=str(item.get("phase", "Running")),
+            phase=str(item.get("phase", contract.PHASE_RUNNING)),
             ready=bool(item.get("ready", True)),
             endpoints=tuple(str(e) for e in _as_list(item.get("endpoint"))),
             token_secret=secret if token else None,
@@ -189,7 +190,7 @@ def _load_static_model(
         ModelBackend(address=str(e), ready=True, pod=f"{name}-{i}")
         for i, e in enumerate(_as_list(item.get("endpoint")))
     )
-    phase = str(item.get("phase", "Ready"))
+    phase = str(item.get("phase", contract.PHASE_READY))
     table.upsert_model(namespace, name, ModelView(phase, served, backends))
     key = item.get("apiKey")
     if key:

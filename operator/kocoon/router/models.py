@@ -39,7 +39,7 @@ from kocoon.router.openai_format import (
     unknown_endpoint,
     wants_stream,
 )
-from kocoon.router.table import Route, TargetKey, TargetKind
+from kocoon.router.table import Route, RoutingTable, TargetKey, TargetKind
 from kocoon.router.wake import HoldRefused, TargetGone
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class ModelEndpoint:
         self.balancer = Balancer()
 
     @property
-    def table(self) -> Any:
+    def table(self) -> RoutingTable:
         return self.proxy.table
 
     # --- entry points ---------------------------------------------------------------------
@@ -96,9 +96,9 @@ class ModelEndpoint:
             key = self._authorize(caller, caller.namespace, document["model"])
         except OpenAIError as error:
             return error.response()
-        return await self._serve(
-            request, key, body, request.rel_url.raw_path, "", wants_stream(document), started
-        )
+        query = request.rel_url.raw_query_string
+        path = request.rel_url.raw_path + (f"?{query}" if query else "")
+        return await self._serve(request, key, body, path, "", wants_stream(document), started)
 
     async def handle_path(self, request: web.Request, match: Match) -> web.StreamResponse:
         """`/models/{namespace}/{name}/...`: the same credentials, the model named by the path."""

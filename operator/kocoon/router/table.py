@@ -28,9 +28,9 @@ from kocoon.router.callers import CallerIndex
 class TargetKind(enum.StrEnum):
     """The kinds the router forwards to; the value is the lowercase kind name."""
 
-    SANDBOX = "sandbox"
-    SESSION = "agentsession"
-    MODEL = "modeldeployment"
+    SANDBOX = contract.TARGET_KIND_SANDBOX
+    SESSION = contract.TARGET_KIND_SESSION
+    MODEL = contract.TARGET_KIND_MODEL
 
 
 class TargetKey(NamedTuple):
