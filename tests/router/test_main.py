@@ -93,3 +93,20 @@ def test_flags() -> None:
     assert args.namespaces == ["a", "b"]
     assert args.event_loop == "asyncio"
     assert args.activity_interval == 5.0
+
+
+def test_static_model_with_an_api_key(tmp_path: Path) -> None:
+    static = tmp_path / "models.yaml"
+    static.write_text(
+        "targets:\n- {kind: modeldeployment, namespace: ns, name: chat, servedModelName: smollm2,"
+        " endpoint: ['127.0.0.1:1', '127.0.0.1:2'], apiKey: sk-1}\n"
+    )
+    table = RoutingTable()
+    load_static(static, table)
+    assert table.model_by_served_name("ns", "smollm2") == "chat"
+    route = table.resolve(TargetKey(TargetKind.MODEL, "ns", "chat"))
+    assert route is not None
+    assert route.endpoints == ("127.0.0.1:1", "127.0.0.1:2")
+    caller = table.callers.identify("Bearer sk-1")
+    assert not isinstance(caller, str)
+    assert caller.may_call("ns", "chat", "smollm2")
