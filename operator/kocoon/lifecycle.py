@@ -12,7 +12,7 @@ makes an operator restart at any point converge: the state is in the cluster, no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -203,6 +203,18 @@ def _expired(observed: Observed) -> bool:
 
 
 def decide(observed: Observed) -> Decision:
+    """The next step, with when to look again: the sooner of the step's own requeue and the
+    shutdownTime, so expiry fires on time even with no other deadline."""
+    decision = _decide(observed)
+    if _expired(observed) or observed.spec.shutdown_time is None:
+        return decision
+    until = _seconds_until(observed, observed.spec.shutdown_time)
+    if decision.requeue_after is None or (until is not None and until < decision.requeue_after):
+        return replace(decision, requeue_after=until)
+    return decision
+
+
+def _decide(observed: Observed) -> Decision:
     if _expired(observed):
         return _expire(observed)
     phase = observed.phase or SandboxPhase.PENDING

@@ -439,3 +439,22 @@ def test_the_effective_hibernation_mode_overrides_the_memory_guess() -> None:
     base = observed(SandboxPhase.RUNNING, running_pod(), idleTimeout="1m", memory=True)
     assert lifecycle.idle_deadline(base) is not None
     assert lifecycle.idle_deadline(replace(base, hibernation="none")) is None
+
+
+def test_a_coming_shutdown_time_is_a_deadline_to_wake_up_for() -> None:
+    soon = (NOW + timedelta(seconds=7)).isoformat()
+    decision = lifecycle.decide(observed(SandboxPhase.HIBERNATED, shutdownTime=soon))
+    assert decision.requeue_after == pytest.approx(7)
+    later = (NOW + timedelta(hours=2)).isoformat()
+    idle = lifecycle.decide(
+        observed(
+            SandboxPhase.RUNNING,
+            running_pod(),
+            running_since=NOW,
+            idleTimeout="1m",
+            shutdownTime=later,
+        )
+    )
+    assert idle.phase is SandboxPhase.RUNNING
+    assert idle.requeue_after is not None
+    assert idle.requeue_after < 3600  # the idle deadline comes first
