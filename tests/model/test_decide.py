@@ -742,7 +742,13 @@ def test_a_wake_with_a_checkpoint_creates_a_held_pod_and_restores_into_it() -> N
     assert woke.phase is ModelPhase.READY
     assert woke.restore is None
     assert woke.wake_latency_seconds == 1.0
-    assert not woke.release_checkpoint  # a model's checkpoint serves every later wake too
+    assert woke.release_checkpoint  # spent: restored once, like a Sandbox's
+
+    # The restored replica is what the next scale-down checkpoints.
+    idle = Demand(last_request=NOW - timedelta(minutes=5))
+    previous = ready_previous(1, lower_demand_since=NOW - timedelta(minutes=5))
+    again = checkpointed(restored, demand=idle, previous=previous)
+    assert again.checkpoint == restored
 
 
 def test_a_checkpoint_of_another_template_is_released_and_the_wake_is_cold() -> None:

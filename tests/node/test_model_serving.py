@@ -85,7 +85,7 @@ def runtime_class() -> dict[str, Any]:
     }
 
 
-def model_deployment(namespace: str) -> dict[str, Any]:
+def model_deployment(namespace: str, wake_strategy: str = "coldStart") -> dict[str, Any]:
     return {
         "apiVersion": contract.API_VERSION,
         "kind": "ModelDeployment",
@@ -104,7 +104,7 @@ def model_deployment(namespace: str) -> dict[str, Any]:
                 "targetConcurrency": 2,
                 "scaleDownDelay": f"{SCALE_DOWN_SECONDS}s",
             },
-            "wakeStrategy": "coldStart",
+            "wakeStrategy": wake_strategy,
             "route": {"servedModelName": NAME},
         },
     }
@@ -125,10 +125,26 @@ def api_key_secret(namespace: str, key: str) -> dict[str, Any]:
 
 @pytest.fixture
 def model_stack(real_node: Cluster, tmp_path: Path) -> Iterator[ModelStack]:
+    yield from _model_stack(real_node, tmp_path, with_agent=False)
+
+
+@pytest.fixture
+def checkpoint_stack(real_node: Cluster, tmp_path: Path) -> Iterator[ModelStack]:
+    yield from _model_stack(real_node, tmp_path, with_agent=True)
+
+
+def _model_stack(real_node: Cluster, tmp_path: Path, *, with_agent: bool) -> Iterator[ModelStack]:
     if not engines.installed():
         pytest.skip(f"the CPU engine is not installed: {engines.SETUP_HINT}")
     install_crds(real_node)
-    operator = start_operator(real_node, tmp_path)
+    env: dict[str, str] = {}
+    if with_agent:
+        env = stack.start_agent(real_node)
+        if realnode.criu_needs_root():
+            # CRIU here checkpoints only root's processes: the engine runs as the image's
+            # user (root), which pod hardening would refuse.
+            env["KOCOON_POD_HARDENING"] = "false"
+    operator = start_operator(real_node, tmp_path, env=env)
     _, router = stack.start_router(real_node)
     namespace = f"node-model-{time.monotonic_ns() % 10**6}"
     real_node.kubectl("create", "namespace", namespace)
@@ -143,6 +159,8 @@ def model_stack(real_node: Cluster, tmp_path: Path) -> Iterator[ModelStack]:
         )
         stop_operator(operator)
         stack.stop_process(real_node, "kocoon-router")
+        if with_agent:
+            stack.stop_process(real_node, "kocoon-agent")
         errors = [line for line in operator.output().splitlines() if '"level": "error"' in line]
         assert not errors, "\n".join(errors[:10])
 
@@ -228,4 +246,52 @@ def test_a_model_answers_from_zero_scales_to_zero_when_idle_and_wakes_again(
         )
     final = running.status()
     assert final["usage"]["replicaSeconds"] > 0
+    print("\n".join(timings))
+
+
+def test_a_checkpoint_wake_restores_the_loaded_engine_instead_of_starting_it(
+    checkpoint_stack: ModelStack,
+) -> None:
+    """wakeStrategy checkpoint: the first wake is cold (nothing to restore yet); scaling to zero
+    checkpoints the ready replica through the node agent; the next wake restores it into a held
+    pod, and the restored engine answers."""
+    running = checkpoint_stack
+    running.cluster.apply(model_deployment(running.namespace, "checkpoint"))
+    wait_for("ScaledToZero", lambda: running.status().get("phase") == "ScaledToZero")
+    client = running.client()
+    timings: list[str] = []
+
+    text, first_token, _ = stream_answer(client)
+    assert "Paris" in text, text
+    timings.append(f"cold wake: request → first token {first_token:.2f} s")
+    wait_for("ScaledToZero", lambda: running.status().get("phase") == "ScaledToZero", 90)
+    wait_for("the replica to go", lambda: running.pods() == [] or None, timeout=60)
+    status = running.status()
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert "checkpoint" in status, json.dumps(conditions, indent=1)
+    checkpoint = status["checkpoint"]
+    assert checkpoint["driver"] == "containerd"
+    assert checkpoint["node"] == realnode.NODE_NAME
+    timings.append(f"checkpoint: {conditions['CheckpointAvailable']['message']}")
+
+    for wake in (1, 2):
+        text, first_token, _ = stream_answer(client)
+        assert "Paris" in text, text
+        ready = wait_for(
+            "Ready after the restore",
+            lambda: (s := running.status()).get("phase") == "Ready" and s,
+        )
+        pod = running.replicas()[0]
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["kocoon.io/restored-checkpoint"] == checkpoint["id"]
+        timings.append(
+            f"checkpoint wake {wake}: request → first token {first_token:.2f} s,"
+            f" Waking → Ready {ready['lastWakeLatencySeconds']:.2f} s"
+        )
+        wait_for("ScaledToZero", lambda: running.status().get("phase") == "ScaledToZero", 90)
+        wait_for("the replica to go", lambda: running.pods() == [] or None, timeout=60)
+        # A checkpoint is restored once; the restored replica was checkpointed again.
+        again = running.status()["checkpoint"]
+        assert again["id"] != checkpoint["id"]
+        checkpoint = again
     print("\n".join(timings))

@@ -31,12 +31,19 @@ from kocoon.api.model import (
     ModelDeploymentStatus,
     ModelUsage,
 )
-from kocoon.builders import gpu
+from kocoon.builders import gpu, names
 from kocoon.builders import model as model_builder
 from kocoon.builders.context import Identity
 from kocoon.controllers import common, engine_sleep, failpoints, metrics
+from kocoon.controllers import model_checkpoints as checkpoints
+from kocoon.controllers.checkpoints import RESTORES_INTO_POD
 from kocoon.controllers.context import OperatorContext, current, resync_seconds
-from kocoon.controllers.observe import STALE_IN_FLIGHT_LEASES, STALE_IN_FLIGHT_SECONDS, parse_time
+from kocoon.controllers.observe import (
+    CHECKPOINT_FAILED_ANNOTATION,
+    STALE_IN_FLIGHT_LEASES,
+    STALE_IN_FLIGHT_SECONDS,
+    parse_time,
+)
 from kocoon.controllers.reconciler import Key, Reconciler, Result
 from kocoon.decide import model as decide
 from kocoon.kube import client, events
@@ -107,13 +114,17 @@ def replica_view(pod: Mapping[str, Any]) -> decide.Replica | None:
         failed_reason = ": ".join(
             str(part) for part in (status.get("reason"), status.get("message")) if part
         ) or _exit_summary(last)
-    ready = conditions.get("Ready", {}).get("status") == "True" and phase == "Running"
+    running = conditions.get("Ready", {}).get("status") == "True" and phase == "Running"
+    annotations = metadata.get("annotations") or {}
+    held = annotations.get(names.HOLD_FOR_RESTORE_ANNOTATION) == "true"
+    restored = annotations.get(names.RESTORED_ANNOTATION)
     return decide.Replica(
         name=str(metadata.get("name", "")),
         index=index,
         uid=str(metadata.get("uid", "")),
         phase=phase,
-        ready=ready,
+        # A held wake pod runs only the hold command until its checkpoint is restored.
+        ready=running and (not held or restored is not None),
         ip=status.get("podIP") or None,
         node=(pod.get("spec") or {}).get("nodeName"),
         deleting=metadata.get("deletionTimestamp") is not None,
@@ -123,7 +134,12 @@ def replica_view(pod: Mapping[str, Any]) -> decide.Replica | None:
         waiting_message=waiting.get("message"),
         last_exit=_exit_summary(last),
         failed_reason=failed_reason,
-        template_hash=(metadata.get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION),
+        template_hash=annotations.get(TEMPLATE_HASH_ANNOTATION),
+        held=held,
+        restore_from=annotations.get(names.RESTORE_FROM_ANNOTATION),
+        restored=restored,
+        running=running,
+        checkpoint_failed=CHECKPOINT_FAILED_ANNOTATION in annotations,
     )
 
 
@@ -272,10 +288,12 @@ class ModelController:
             checkpoint_unavailable=self._checkpoint_unavailable(spec),
             gpu_resources=tuple(gpu.extended_resources(spec.gpu, ctx.build)),
             sleep_needs_wake=protocol is not None and protocol.wake is not None,
+            checkpoint=status.checkpoint,
         )
         decision = decide.decide(observed)
-        await self._act(owner, spec, decision, observed, lease)
-        await self._write_status(body, owner, spec, status, decision, observed, children)
+        extra = await self._checkpoints(body, owner, status, decision, observed, pods)
+        await self._act(owner, spec, decision, observed, lease, status)
+        await self._write_status(body, owner, spec, status, decision, observed, (children, *extra))
         return Result(decision.requeue_after)
 
     async def _source_unusable(
@@ -314,9 +332,56 @@ class ModelController:
             self.deployments.upsert(written)
 
     def _checkpoint_unavailable(self, spec: ModelDeploymentSpec) -> str | None:
-        if spec.wake_strategy != "checkpoint":
+        if spec.wake_strategy != "checkpoint" or spec.gpu is None:
             return None
-        return "checkpoint wakes of model replicas are not wired in this operator yet"
+        return (
+            "GPU memory needs cuda-checkpoint, which this operator does not drive yet"
+            " (cuda-checkpoint not wired)"
+        )
+
+    async def _checkpoints(
+        self,
+        body: dict[str, Any],
+        owner: Identity,
+        status: ModelDeploymentStatus,
+        decision: decide.Decision,
+        observed: decide.Observed,
+        pods: list[dict[str, Any]],
+    ) -> tuple[ConditionUpdate, ...]:
+        """The decision's checkpoint steps: release, checkpoint, restore (at most one each)."""
+        updates: list[ConditionUpdate] = []
+        by_name = {p["metadata"]["name"]: p for p in pods}
+        if decision.release_checkpoint:
+            await checkpoints.release(self.ctx, owner, status)
+            updates.append(
+                ConditionUpdate(
+                    ConditionType.CHECKPOINT_AVAILABLE,
+                    False,
+                    Reason.NO_CHECKPOINT,
+                    "released: it no longer fits the spec, or a wake could not use it",
+                )
+            )
+        if decision.checkpoint is not None:
+            replica = decision.checkpoint
+            updates.append(
+                await checkpoints.take(
+                    self.ctx,
+                    owner,
+                    replica,
+                    by_name.get(replica.name, {}),
+                    observed.template_hash,
+                    status,
+                    body,
+                )
+            )
+        if decision.restore is not None and status.checkpoint is not None:
+            replica = decision.restore
+            updates.append(
+                await checkpoints.restore(
+                    self.ctx, owner, replica, by_name.get(replica.name, {}), status, body
+                )
+            )
+        return tuple(updates)
 
     async def _converge_children(
         self, key: Key, owner: Identity, spec: ModelDeploymentSpec, generation: int
@@ -383,6 +448,7 @@ class ModelController:
         decision: decide.Decision,
         observed: decide.Observed,
         lease: Mapping[str, Any] | None,
+        status: ModelDeploymentStatus,
     ) -> None:
         api = self.ctx.api
         for replica in decision.delete:
@@ -391,7 +457,7 @@ class ModelController:
             )
             failpoints.hit("model:after-delete")
         for index in decision.create:
-            manifest = model_builder.replica_pod(owner, spec, self.ctx.build, index)
+            manifest = self._replica_manifest(owner, spec, decision, status, index)
             annotations = manifest["metadata"].setdefault("annotations", {})
             annotations[TEMPLATE_HASH_ANNOTATION] = observed.template_hash
             try:
@@ -413,6 +479,27 @@ class ModelController:
                 {"metadata": {"annotations": {contract.WAKE_REQUESTED_ANNOTATION: None}}},
             )
 
+    def _replica_manifest(
+        self,
+        owner: Identity,
+        spec: ModelDeploymentSpec,
+        decision: decide.Decision,
+        status: ModelDeploymentStatus,
+        index: int,
+    ) -> dict[str, Any]:
+        checkpoint = status.checkpoint
+        if index not in decision.restore_into or checkpoint is None:
+            return model_builder.replica_pod(owner, spec, self.ctx.build, index)
+        return model_builder.replica_pod(
+            owner,
+            spec,
+            checkpoints.hold_settings(spec, self.ctx.build),
+            index,
+            restore_from=checkpoint.id,
+            node_name=checkpoint.node,
+            hold_for_restore=checkpoint.driver in RESTORES_INTO_POD,
+        )
+
     async def _write_status(
         self,
         body: dict[str, Any],
@@ -421,7 +508,7 @@ class ModelController:
         status: ModelDeploymentStatus,
         decision: decide.Decision,
         observed: decide.Observed,
-        children: ConditionUpdate,
+        extra: tuple[ConditionUpdate, ...],
     ) -> None:
         before = status.phase
         before_conditions = {c.type: (c.status, c.reason) for c in status.conditions}
@@ -431,7 +518,7 @@ class ModelController:
         status.phase_since = decision.phase_since
         status.conditions = merge_conditions(
             status.conditions,
-            (*decision.conditions, children),
+            (*decision.conditions, *extra),
             observed.generation,
             observed.now,
         )

@@ -347,9 +347,13 @@ def decide(observed: Observed) -> Decision:
     delete += [r for r in live if r.index >= desired]
     delete += _outdated(observed, live, desired, delete)
     checkpoint = usable_checkpoint(observed)
-    # A wake pod that cannot restore (its hold failed, the checkpoint went): wake cold.
+    # Released: a checkpoint that no longer fits; one a wake pod cannot hold for (its hold
+    # failed: wake cold); and one restored already — a checkpoint is restored once, like a
+    # Sandbox's, and the restored replica is checkpointed again when it scales to zero.
     release = observed.checkpoint is not None and (
-        checkpoint is None or any(r.held and r.restored is None for r, _ in failing)
+        checkpoint is None
+        or any(r.held and r.restored is None for r, _ in failing)
+        or any(r.restored == observed.checkpoint.id for r in live)
     )
     if release:
         checkpoint = None
@@ -424,12 +428,13 @@ def _to_checkpoint(
     observed: Observed, desired: int, delete: list[Replica], checkpoint: Checkpoint | None
 ) -> Replica | None:
     """Scaling to zero with `checkpoint` and no usable checkpoint: the ready replica to
-    checkpoint first (one built from the current template, not a restored one)."""
+    checkpoint first (one built from the current template; a restored one counts)."""
     if desired != 0 or checkpoint is not None or not uses_checkpoints(observed):
         return None
     for replica in sorted(delete, key=lambda r: r.index):
         current = not observed.template_hash or replica.template_hash == observed.template_hash
-        if replica.ready and current and not replica.held and not replica.checkpoint_failed:
+        placeholder = replica.held and replica.restored is None
+        if replica.ready and current and not placeholder and not replica.checkpoint_failed:
             return replica
     return None
 
