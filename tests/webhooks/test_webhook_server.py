@@ -417,10 +417,12 @@ def test_updates_are_judged_only_on_what_they_change(served: tuple[Any, Holder])
         assert "spec.workspace.size" in refused.stderr, refused.stderr
         assert "does not exist in the cluster" in refused.stderr, refused.stderr
 
-        # Metadata, an unchanged apply and an unrelated spec change all pass.
+        # Metadata, status, an unchanged apply and an unrelated spec change all pass.
         for args in (
             ("label", "sandbox", "sbx-update", "team=a"),
             ("annotate", "sandbox", "sbx-update", "note=kept"),
+            ("patch", "sandbox", "sbx-update", "--subresource=status", "--type=merge", "-p",
+             json.dumps({"status": {"phase": "Running"}})),
             ("patch", "sandbox", "sbx-update", "--type=merge", "-p",
              json.dumps({"spec": {"template": {"image": "busybox:1.37"}}})),
         ):  # fmt: skip
