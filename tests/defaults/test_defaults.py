@@ -90,3 +90,6 @@ def test_the_rule_in_words_is_what_the_docs_say() -> None:
         assert words in text
     lifecycle = " ".join((ROOT / "docs" / "lifecycle.md").read_text().split())
     assert text in lifecycle, "docs/lifecycle.md must quote defaults.HIBERNATION_RULE verbatim"
+    # The field's description, and so the CRD, `kubectl explain` and docs/api.md, says the same.
+    description = SandboxSpec.model_fields["hibernation"].description or ""
+    assert text in " ".join(description.split())

@@ -359,9 +359,11 @@ class SandboxSpec(KocoonModel):
     """How long without activity before hibernating (in Auto mode), e.g. `10m`. Never when empty."""
     hibernation: Hibernation | None = None
     """How the sandbox hibernates: `memory` (CRIU checkpoint, resumes running processes),
-    `filesystem` (pod deleted, workspace kept, cold start) or `none` (never hibernates). On
-    create the operator sets `memory` where the runtime class can checkpoint memory (runc;
-    Kata only with a VM-snapshot driver) and `filesystem` elsewhere."""
+    `filesystem` (pod deleted, workspace kept, cold start) or `none` (never hibernates).
+    When `hibernation` is empty, the operator uses `memory` where the runtime class can
+    checkpoint memory (`runc`; Kata only with a VM-snapshot driver) and the pod has no GPU that
+    runtime class cannot checkpoint (only whole GPUs under `gpuMemoryCheckpointRuntimeClasses`),
+    else `filesystem` when there is a workspace, else `none`."""
     shutdown_time: datetime | None = None
     """When the sandbox expires (RFC 3339, e.g. `2026-12-01T00:00:00Z`); never when empty."""
     shutdown_policy: ShutdownPolicy = "Retain"
