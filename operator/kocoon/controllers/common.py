@@ -1,9 +1,8 @@
-"""What every controller does the same way: one reconcile at a time per object, and a clear
-status for an object its model refuses."""
+"""What every controller does the same way: errors at the reconcile boundary in status (with a
+rate-limited Event), and a clear status for an object its model refuses."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,26 +15,6 @@ from kocoon.kube.resources import Kind
 from kocoon.status import validation_message
 
 FAILED = "Failed"
-
-
-async def reconcile_locked(
-    ctx: OperatorContext,
-    kind: Kind,
-    namespace: str,
-    name: str,
-    step: Callable[[OperatorContext, dict[str, Any]], Awaitable[None]],
-) -> None:
-    """Run `step` on the object's current body, under its lock; skip it once it is deleted."""
-    async with ctx.lock(kind.kind, namespace, name):
-        body = await client.get(ctx.api, kind, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return
-        try:
-            await step(ctx, body)
-        except client.ApiError as error:
-            if error.status == 403 and "being terminated" in str(error):
-                return  # its namespace is going away, and the object with it
-            raise
 
 
 async def report_invalid(
@@ -55,14 +34,19 @@ async def report_invalid(
         "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "observedGeneration": metadata.get("generation", 0),
     }
-    await client.merge_patch(
-        ctx.api,
-        kind,
-        metadata["namespace"],
-        metadata["name"],
-        {"status": {"phase": FAILED, "conditions": [condition]}},
-        subresource="status",
-    )
+    try:
+        await client.merge_patch(
+            ctx.api,
+            kind,
+            metadata["namespace"],
+            metadata["name"],
+            {"status": {"phase": FAILED, "conditions": [condition]}},
+            subresource="status",
+            resource_version=metadata.get("resourceVersion"),
+        )
+    except client.Conflict:
+        return  # it moved: the next reconcile sees the newer object
+
     await events.post(ctx.api, body, events.WARNING, Reason.RECONCILER_ERROR, message)
 
 

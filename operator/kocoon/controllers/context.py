@@ -4,9 +4,7 @@ controller)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import weakref
 from dataclasses import dataclass, field
 
 from kubernetes_asyncio import client as k8s
@@ -16,14 +14,8 @@ from kocoon.config import OperatorConfig, load_config
 from kocoon.controllers.checkpoints import Checkpointer
 from kocoon.controllers.reconciler import DEFAULT_RESYNC, Reconciler, Store
 
-RECONCILE_INTERVAL_ENV = "KOCOON_RECONCILE_INTERVAL"
 RESYNC_ENV = "KOCOON_RESYNC_SECONDS"
 RELEASE_NAMESPACE_ENV = "KOCOON_NAMESPACE"
-
-
-def reconcile_interval() -> float:
-    """Seconds between periodic reconciles of controllers still on a kopf timer."""
-    return float(os.environ.get(RECONCILE_INTERVAL_ENV, "10"))
 
 
 def resync_seconds() -> float:
@@ -41,10 +33,6 @@ class OperatorContext:
     stores: dict[str, Store] = field(default_factory=dict)
     # One reconciler per controller (by the Kind.kind it reconciles).
     reconcilers: dict[str, Reconciler] = field(default_factory=dict)
-    # Locks for code not yet on a reconciler; weak, so an unused lock goes with its last user.
-    _locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = field(
-        default_factory=weakref.WeakValueDictionary
-    )
 
     def store(self, kind: str) -> Store:
         """The store of `kind`, created empty on first use."""
@@ -52,17 +40,6 @@ class OperatorContext:
         if found is None:
             found = self.stores[kind] = Store(kind)
         return found
-
-    def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
-        key = (kind, namespace, name)
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
-
-    def forget(self, kind: str, namespace: str, name: str) -> None:
-        self._locks.pop((kind, namespace, name), None)
 
     async def close(self) -> None:
         """Stop every reconciler's workers."""
