@@ -25,6 +25,7 @@ one activity Lease. Its phase mirrors its Sandbox's, plus Expired:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -495,6 +496,78 @@ def _token(
         (),
         None,
     )
+
+
+# --- children and status -----------------------------------------------------------------
+
+# The longest pause between retries of a child write that keeps failing.
+CHILD_RETRY_MAX = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class ChildrenOutcome:
+    """How writing the session's children went in one reconcile."""
+
+    # The API server refused the Sandbox made from the template (422): its message.
+    sandbox_refused: str | None = None
+    # Other child writes the API refused (quota, RBAC, …), each naming the child.
+    failures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChildrenReport:
+    conditions: tuple[ConditionUpdate, ...]
+    events: tuple[Event, ...]
+    # Retry a failing child this soon: as long as it has been failing (doubling), capped.
+    requeue_after: float | None
+
+
+def report_children(
+    outcome: ChildrenOutcome,
+    previous: Mapping[str, tuple[str, datetime | None]],
+    now: datetime,
+) -> ChildrenReport:
+    """Conditions and Events for the children's outcome; `previous` maps each condition type
+    to its current (reason, lastTransitionTime). A failing child does not stop the session's
+    status, expiry or the other children."""
+    conditions: list[ConditionUpdate] = []
+    events: list[Event] = []
+    if outcome.sandbox_refused is not None:
+        message = f"the Sandbox was not updated: {outcome.sandbox_refused}"
+        conditions.append(
+            ConditionUpdate(ConditionType.READY, False, Reason.INVALID_SANDBOX_TEMPLATE, message)
+        )
+        if previous.get(ConditionType.READY, ("", None))[0] != Reason.INVALID_SANDBOX_TEMPLATE:
+            events.append(Event(Reason.INVALID_SANDBOX_TEMPLATE, message, warning=True))
+    requeue = None
+    reason, since = previous.get(ConditionType.CHILDREN_READY, ("", None))
+    if outcome.failures:
+        message = "; ".join(outcome.failures)[:2048]
+        conditions.append(
+            ConditionUpdate(ConditionType.CHILDREN_READY, False, Reason.CHILD_APPLY_FAILED, message)
+        )
+        failing = reason == Reason.CHILD_APPLY_FAILED
+        if not failing:
+            events.append(Event(Reason.CHILD_APPLY_FAILED, message, warning=True))
+        elapsed = (now - since).total_seconds() if failing and since is not None else 0.0
+        requeue = min(max(1.0, elapsed), CHILD_RETRY_MAX.total_seconds())
+    else:
+        conditions.append(
+            ConditionUpdate(ConditionType.CHILDREN_READY, True, Reason.CHILDREN_APPLIED, "")
+        )
+    return ChildrenReport(tuple(conditions), tuple(events), requeue)
+
+
+def last_activity_time(
+    previous: datetime | None, session: Activity, sandbox: SandboxView | None
+) -> datetime | None:
+    """The latest activity seen: as before, on the session's Lease, or on its Sandbox."""
+    moments = [
+        m
+        for m in (previous, session.last_request, sandbox.last_activity if sandbox else None)
+        if m is not None
+    ]
+    return max(moments) if moments else None
 
 
 # --- usage --------------------------------------------------------------------

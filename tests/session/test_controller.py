@@ -445,3 +445,43 @@ def test_a_model_the_session_names_must_exist(cluster: Cluster, operator: Operat
         timeout=20,
     )
     assert found["reason"] == "ModelsFound"
+
+
+def test_a_sandbox_the_quota_refuses_is_a_condition_and_is_retried(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "squota")
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-sandboxes", "namespace": namespace},
+        "spec": {"hard": {"count/sandboxes.kocoon.io": "0"}},
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(quota))
+    wait_for(
+        "the quota to be counted",
+        lambda: (
+            (get(cluster, "resourcequota", namespace, "no-sandboxes") or {})
+            .get("status", {})
+            .get("hard")
+        ),
+    )
+    create(cluster, namespace, "s")
+
+    def refused() -> dict[str, Any] | None:
+        found = get(cluster, "agentsession", namespace, "s")
+        if not found or "status" not in found:
+            return None
+        children = conditions(found).get("ChildrenReady")
+        return found if children and children["status"] == "False" else None
+
+    found = wait_for("the refusal in the session's status", refused, timeout=20)
+    message = conditions(found)["ChildrenReady"]["message"]
+    assert "Sandbox s" in message
+    assert "quota" in message
+    assert found["status"]["tokenSecretRef"] == {"name": "s-token", "key": "token"}
+    assert "ChildApplyFailed" in events_of(cluster, namespace, "s")
+
+    cluster.kubectl("delete", "resourcequota", "no-sandboxes", "-n", namespace)
+    running = wait_session(cluster, namespace, "s", "Running", timeout=40)
+    assert conditions(running)["ChildrenReady"]["status"] == "True"

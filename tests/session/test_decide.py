@@ -437,3 +437,39 @@ def test_a_token_secret_made_by_the_sandbox_is_claimed_not_replaced() -> None:
     assert decision.actions[0] is Action.CLAIM_TOKEN
     assert Action.CREATE_TOKEN not in decision.actions
     assert Action.CLAIM_TOKEN not in sl.decide(observed(sandbox=sandbox())).actions
+
+
+def test_a_failing_child_is_reported_once_and_retried_ever_less_often() -> None:
+    failing = sl.ChildrenOutcome(failures=("Sandbox s1: 403: quota exceeded",))
+    first = sl.report_children(failing, {}, NOW)
+    [condition] = first.conditions
+    assert (condition.type, condition.status) == (ConditionType.CHILDREN_READY, False)
+    assert "Sandbox s1: 403: quota exceeded" in condition.message
+    assert [e.reason for e in first.events] == [Reason.CHILD_APPLY_FAILED]
+    assert first.requeue_after == 1
+    since = NOW - timedelta(seconds=30)
+    later = sl.report_children(
+        failing, {ConditionType.CHILDREN_READY: (Reason.CHILD_APPLY_FAILED, since)}, NOW
+    )
+    assert later.events == ()
+    assert later.requeue_after == pytest.approx(30)
+    long_ago = NOW - timedelta(hours=3)
+    capped = sl.report_children(
+        failing, {ConditionType.CHILDREN_READY: (Reason.CHILD_APPLY_FAILED, long_ago)}, NOW
+    )
+    assert capped.requeue_after == sl.CHILD_RETRY_MAX.total_seconds()
+    fine = sl.report_children(sl.ChildrenOutcome(), {}, NOW)
+    assert [c.status for c in fine.conditions] == [True]
+    assert fine.requeue_after is None
+    invalid = sl.report_children(sl.ChildrenOutcome(sandbox_refused="spec.x: bad"), {}, NOW)
+    ready = next(c for c in invalid.conditions if c.type == ConditionType.READY)
+    assert ready.reason == Reason.INVALID_SANDBOX_TEMPLATE
+    assert "spec.x: bad" in ready.message
+
+
+def test_the_last_activity_is_the_latest_seen_anywhere() -> None:
+    early, late = NOW - timedelta(minutes=5), NOW - timedelta(minutes=1)
+    assert sl.last_activity_time(None, Activity(), None) is None
+    assert sl.last_activity_time(early, Activity(last_request=late), None) == late
+    assert sl.last_activity_time(late, Activity(last_request=early), sandbox()) == late
+    assert sl.last_activity_time(None, Activity(), sandbox(last_activity=early)) == early

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from kocoon import session_lifecycle as sl
 from kocoon.api.common import LocalObjectReference, SecretKeyReference
-from kocoon.api.conditions import ConditionType, Reason
+from kocoon.api.conditions import ConditionType
 from kocoon.api.sandbox import SandboxStatus, Usage
 from kocoon.api.session import AgentSession, AgentSessionStatus
 from kocoon.builders import names, token
@@ -236,14 +236,36 @@ async def _reconcile(ctx: OperatorContext, body: dict[str, Any], session: AgentS
     seen = await observe_session(ctx, body, session)
     decision = sl.decide(seen.observed)
     status = (session.status or AgentSessionStatus()).model_copy(deep=True)
+    failures: list[str] = []
     for action in decision.actions:
-        await _act(ctx, action, seen, decision)
+        try:
+            await _act(ctx, action, seen, decision)
+        except client.ApiError as error:
+            if action is not sl.Action.CREATE_TOKEN or not _child_failure(error):
+                raise
+            failures.append(f"Secret {build.token_secret_name(seen.owner.name)}: {_said(error)}")
         failpoints.hit(f"session:after:{action.value}")
-    apply_error = await _converge_sandbox(ctx, decision, seen)
-    if seen.lease is None or not owns(seen.lease, seen.owner.uid):
-        _put(ctx, LEASES, await client.apply(ctx.api, build.activity_lease(seen.owner)))
-    await _write_status(ctx, seen, status, decision, apply_error)
-    return Result(requeue_after=decision.requeue_after)
+    refused = await _converge_children(ctx, decision, seen, failures)
+    previous = {c.type: (c.reason, c.last_transition_time) for c in status.conditions}
+    report = sl.report_children(
+        sl.ChildrenOutcome(sandbox_refused=refused, failures=tuple(failures)),
+        previous,
+        seen.observed.now,
+    )
+    token_written = not any(f.startswith("Secret ") for f in failures)
+    await _write_status(ctx, seen, status, decision, report, token_written)
+    pauses = [p for p in (decision.requeue_after, report.requeue_after) if p is not None]
+    return Result(requeue_after=min(pauses) if pauses else None)
+
+
+def _child_failure(error: client.ApiError) -> bool:
+    """A refusal to report as ChildrenReady=False and retry (quota, RBAC, 422…); not a moved
+    resourceVersion (retried at once) nor a namespace going away."""
+    return not isinstance(error, client.Conflict) and not common.namespace_terminating(error)
+
+
+def _said(error: client.ApiError) -> str:
+    return common.error_message(error)
 
 
 async def observe_session(
@@ -404,8 +426,31 @@ async def _patch_lease(
             raise
 
 
+async def _converge_children(
+    ctx: OperatorContext, decision: sl.Decision, seen: Seen, failures: list[str]
+) -> str | None:
+    """Converge the Sandbox and the Lease; a refused write is added to `failures` and does not
+    stop the rest. Returns the API server's 422 on the Sandbox (an invalid template), if any."""
+    refused = None
+    name = build.sandbox_name(seen.owner.name)
+    try:
+        refused = await _converge_sandbox(ctx, decision, seen)
+    except client.ApiError as error:
+        if not _child_failure(error):
+            raise
+        failures.append(f"Sandbox {name}: {_said(error)}")
+    if seen.lease is None or not owns(seen.lease, seen.owner.uid):
+        try:
+            _put(ctx, LEASES, await client.apply(ctx.api, build.activity_lease(seen.owner)))
+        except client.ApiError as error:
+            if not _child_failure(error):
+                raise
+            failures.append(f"Lease {build.activity_lease_name(seen.owner.name)}: {_said(error)}")
+    return refused
+
+
 async def _converge_sandbox(ctx: OperatorContext, decision: sl.Decision, seen: Seen) -> str | None:
-    """Apply or delete the Sandbox as decided; the API server's refusal, if any.
+    """Apply or delete the Sandbox as decided; the API server's refusal (422), if any.
 
     Applied whenever the live Sandbox differs from the session's (a hand edit is reverted).
     """
@@ -439,30 +484,23 @@ async def _write_status(
     seen: Seen,
     status: AgentSessionStatus,
     decision: sl.Decision,
-    apply_error: str | None,
+    report: sl.ChildrenReport,
+    token_written: bool,
 ) -> None:
     observed, owner = seen.observed, seen.owner
-    now = observed.now
-    updates = decision.conditions
-    decision_events = list(decision.events)
-    if apply_error is not None:
-        message = f"the Sandbox was not updated: {apply_error}"
-        updates += (
-            ConditionUpdate(ConditionType.READY, False, Reason.INVALID_SANDBOX_TEMPLATE, message),
-        )
-        old = {c.type: c.reason for c in status.conditions}
-        if old.get(ConditionType.READY) != Reason.INVALID_SANDBOX_TEMPLATE:
-            decision_events.append(sl.Event(Reason.INVALID_SANDBOX_TEMPLATE, message, warning=True))
-    updates = tuple(_with_address(u, owner, ctx) for u in updates)
+    updates = tuple(_with_address(u, owner, ctx) for u in decision.conditions + report.conditions)
+    decision_events = decision.events + report.events
     status.phase = decision.phase
     kept = [c for c in status.conditions if c.type not in decision.drop_conditions]
-    status.conditions = merge_conditions(kept, updates, observed.generation, now)
+    status.conditions = merge_conditions(kept, updates, observed.generation, observed.now)
     status.observed_generation = observed.generation
     status.endpoint = build.endpoint(owner.namespace, owner.name)
     status.sandbox_ref = (
         LocalObjectReference(name=build.sandbox_name(owner.name)) if decision.sandbox_ref else None
     )
-    secret_exists = seen.secret is not None or sl.Action.CREATE_TOKEN in decision.actions
+    secret_exists = seen.secret is not None or (
+        sl.Action.CREATE_TOKEN in decision.actions and token_written
+    )
     status.token_secret_ref = (
         SecretKeyReference(name=build.token_secret_name(owner.name), key=token.TOKEN_KEY)
         if secret_exists
@@ -470,17 +508,9 @@ async def _write_status(
     )
     if decision.start_time is not None:
         status.start_time = decision.start_time
-    view = observed.sandbox
-    moments = [
-        m
-        for m in (
-            status.last_activity_time,
-            observed.activity.last_request,
-            view.last_activity if view is not None else None,
-        )
-        if m is not None
-    ]
-    status.last_activity_time = max(moments) if moments else None
+    status.last_activity_time = sl.last_activity_time(
+        status.last_activity_time, observed.activity, observed.sandbox
+    )
     body = await _account_usage(ctx, seen, status, decision)
     patch = status_patch(body.get("status") or {}, status.to_wire())
     if patch is not None:
