@@ -620,3 +620,45 @@ async def test_a_failing_reconcile_says_why_in_status_posts_fewer_events_and_bac
     assert ready["message"] == '403: pods "box" is forbidden: exceeded quota: q'
     warnings = [e for e in kmockkit.events(k, NS) if e.get("reason") == "ReconcilerError"]
     assert len(warnings) == 3  # on the 1st, 2nd and 4th failure, not on every one
+
+
+async def test_watch_events_feed_the_stores_wake_the_worker_and_a_deletion_leaves_nothing(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    k, _ = emulator
+    await create_sandbox(ctx)
+    runs: list[Key] = []
+    real = sandbox.reconcile_key
+
+    async def counting(ctx: context.OperatorContext, key: Key) -> Any:
+        runs.append(key)
+        return await real(ctx, key)
+
+    reconciler = sandbox.make_reconciler(ctx, resync=1000)
+    ctx.reconcilers[sandbox.KIND] = reconciler
+    original = sandbox.reconcile_key
+    sandbox.reconcile_key = counting  # type: ignore[assignment]
+    try:
+        body = await kube_client.get(ctx.api, sandbox.SANDBOX, NS, NAME)
+        assert body is not None
+        sandbox.on_sandbox_event(ctx, "ADDED", body)
+        await asyncio.sleep(0.5)
+        assert runs == [Key(NS, NAME)]
+        assert stored(k, "v1/pods") is not None  # created from what the store held
+        # A burst of pod events: one more run, not one per event.
+        pod = await kube_client.get(ctx.api, sandbox.POD, NS, NAME)
+        assert pod is not None
+        for _ in range(20):
+            sandbox.on_child_event(ctx, "Pod", "MODIFIED", pod, NAME)
+        await asyncio.sleep(0.5)
+        assert len(runs) == 2
+        # The Sandbox goes: its worker stops, and later child events start nothing.
+        sandbox.on_sandbox_event(ctx, "DELETED", body)
+        sandbox.on_child_event(ctx, "Pod", "DELETED", pod, NAME)
+        await asyncio.sleep(0.1)
+        assert len(reconciler) == 0
+        assert ctx.store(sandbox.KIND).get(NS, NAME) is None
+        assert ctx.store("Pod").get(NS, NAME) is None
+    finally:
+        sandbox.reconcile_key = original  # type: ignore[assignment]
+        await reconciler.close()
