@@ -197,6 +197,7 @@ class CheckpointService:
                         chunk_bytes=self.config.chunk_bytes,
                     )
                 except BaseException:
+                    # Synchronous on purpose: it must run even while the task is cancelled.
                     self.store.abort(checkpoint_id)
                     raise
                 archive_seconds = time.perf_counter() - archive_started
@@ -248,7 +249,7 @@ class CheckpointService:
             record = self.store.get(checkpoint_id)
         except NotFound:
             # Leftovers of an interrupted attempt with this id: start it over cleanly.
-            self.store.abort(checkpoint_id)
+            await asyncio.to_thread(self.store.abort, checkpoint_id)
             await asyncio.to_thread(
                 shutil.rmtree, self.config.scratch_dir / checkpoint_id, ignore_errors=True
             )
@@ -268,7 +269,8 @@ class CheckpointService:
         else:
             if self.remote is None or self.store.archive_path(checkpoint_id).is_file():
                 return record
-            self.store.delete(checkpoint_id)  # a record without its archive: fetch both
+            # A record without its archive: fetch both.
+            await asyncio.to_thread(self.store.delete, checkpoint_id)
         record = await self.remote.fetch(checkpoint_id, self.store, self.keys)
         self.refresh_store_gauges()
         return record
@@ -388,7 +390,7 @@ class CheckpointService:
                     f"{self.remote.where()}"
                 )
         if record is not None:
-            self.store.delete(checkpoint_id)
+            await asyncio.to_thread(self.store.delete, checkpoint_id)
         self.refresh_store_gauges()
         log.info("checkpoint deleted", extra={"checkpoint": checkpoint_id})
 
@@ -408,7 +410,7 @@ class CheckpointService:
                     await self.remote.delete(checkpoint_id, by_id[checkpoint_id])
                 except AgentError:
                     continue  # kept, with its remote copy; the next prune tries again
-            self.store.delete(checkpoint_id)
+            await asyncio.to_thread(self.store.delete, checkpoint_id)
             deleted.append(checkpoint_id)
         self.refresh_store_gauges()
         if deleted:
@@ -426,7 +428,7 @@ class CheckpointService:
                 # A copy left in the bucket is unreadable once the key below is gone.
                 with contextlib.suppress(AgentError):
                     await self.remote.delete(record.id, record)
-            self.store.delete(record.id)
+            await asyncio.to_thread(self.store.delete, record.id)
         await self.keys.delete(sandbox)
         self.refresh_store_gauges()
         log.info("sandbox forgotten", extra={"sandbox": str(sandbox), "deleted": deleted})
