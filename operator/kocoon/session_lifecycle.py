@@ -558,16 +558,21 @@ def report_children(
     return ChildrenReport(tuple(conditions), tuple(events), requeue)
 
 
+# status.lastActivityTime moves in steps of at least this much: a busy session's status is not
+# rewritten on every renewal of its Lease (the Sandbox's idle clock reads its own Lease).
+LAST_ACTIVITY_STEP = timedelta(seconds=30)
+
+
 def last_activity_time(
     previous: datetime | None, session: Activity, sandbox: SandboxView | None
 ) -> datetime | None:
-    """The latest activity seen: as before, on the session's Lease, or on its Sandbox."""
-    moments = [
-        m
-        for m in (previous, session.last_request, sandbox.last_activity if sandbox else None)
-        if m is not None
-    ]
-    return max(moments) if moments else None
+    """The latest activity seen (on the session's Lease, or on its Sandbox), in steps of
+    LAST_ACTIVITY_STEP."""
+    moments = [m for m in (session.last_request, sandbox.last_activity if sandbox else None) if m]
+    latest = max(moments) if moments else None
+    if latest is None or (previous is not None and latest - previous < LAST_ACTIVITY_STEP):
+        return previous
+    return latest
 
 
 # --- usage --------------------------------------------------------------------

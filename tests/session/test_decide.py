@@ -467,9 +467,14 @@ def test_a_failing_child_is_reported_once_and_retried_ever_less_often() -> None:
     assert "spec.x: bad" in ready.message
 
 
-def test_the_last_activity_is_the_latest_seen_anywhere() -> None:
+def test_the_last_activity_is_the_latest_seen_anywhere_in_steps() -> None:
     early, late = NOW - timedelta(minutes=5), NOW - timedelta(minutes=1)
     assert sl.last_activity_time(None, Activity(), None) is None
     assert sl.last_activity_time(early, Activity(last_request=late), None) == late
     assert sl.last_activity_time(late, Activity(last_request=early), sandbox()) == late
     assert sl.last_activity_time(None, Activity(), sandbox(last_activity=early)) == early
+    # A renewal 10 s later is not worth a status write; 30 s later it is.
+    soon = late + timedelta(seconds=10)
+    assert sl.last_activity_time(late, Activity(last_request=soon), None) == late
+    later = late + sl.LAST_ACTIVITY_STEP
+    assert sl.last_activity_time(late, Activity(last_request=later), None) == later
