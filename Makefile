@@ -87,6 +87,7 @@ bench: setup
 	$(PY) bench/bench_router.py
 	$(PY) bench/bench_checkpoint.py
 	$(PY) bench/bench_model_wake.py
+	$(PY) bench/bench_scale.py
 
 e2e: python
 	$(PY) -m pytest -m e2e e2e $(PYTEST_ARGS)
