@@ -18,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from kocoon.api.common import DnsSubdomain, GpuMode, PositiveQuantity
-from kocoon.builders.context import DEFAULT_RESTORE_HOLD_COMMAND
+from kocoon.builders.context import (
+    DEFAULT_GPU_RUNTIME_CLASS,
+    DEFAULT_RESTORE_HOLD_COMMAND,
+    DEFAULT_RUNTIME_CLASS,
+)
 
 CONFIG_ENV = "KOCOON_CONFIG"
 ENV_PREFIX = "KOCOON_"
@@ -59,11 +63,11 @@ class OperatorConfig(BaseModel):
         frozen=True,
     )
 
-    default_runtime_class: DnsSubdomain = "kata"
+    default_runtime_class: DnsSubdomain = DEFAULT_RUNTIME_CLASS
     """RuntimeClass given to Sandboxes and ModelDeployments that name none."""
-    default_gpu_runtime_class: DnsSubdomain | None = "kata-qemu-nvidia-gpu"
+    default_gpu_runtime_class: DnsSubdomain | None = DEFAULT_GPU_RUNTIME_CLASS
     """RuntimeClass for objects with a GPU that name none; defaultRuntimeClass when unset."""
-    runtime_classes: list[DnsSubdomain] = ["kata", "kata-qemu-nvidia-gpu", "runc"]
+    runtime_classes: list[DnsSubdomain] = [DEFAULT_RUNTIME_CLASS, DEFAULT_GPU_RUNTIME_CLASS, "runc"]
     """RuntimeClasses that exist in the cluster and may be used."""
     memory_checkpoint_runtime_classes: list[DnsSubdomain] = ["runc"]
     """RuntimeClasses whose pods can be checkpointed with their memory (CRIU under runc/crun)."""

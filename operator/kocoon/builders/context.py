@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from kocoon.kube.resources import API_VERSION
 
+# The operator configuration's defaults (config.py reads them from here, so each is written once).
+DEFAULT_RUNTIME_CLASS = "kata"
+DEFAULT_GPU_RUNTIME_CLASS = "kata-qemu-nvidia-gpu"
 DEFAULT_RESTORE_HOLD_COMMAND = (
     "/bin/sh",
     "-c",
@@ -50,9 +53,9 @@ class EngineImages:
 class BuildSettings:
     """The operator configuration the builders read."""
 
-    default_runtime_class: str = "kata"
+    default_runtime_class: str = DEFAULT_RUNTIME_CLASS
     # For pods with a GPU that name no runtime class; default_runtime_class when None.
-    default_gpu_runtime_class: str | None = "kata-qemu-nvidia-gpu"
+    default_gpu_runtime_class: str | None = DEFAULT_GPU_RUNTIME_CLASS
     cluster_domain: str = "cluster.local"
     # Pods allowed to reach sandboxes: the router's, in the operator's release namespace.
     router_namespace: str = "kocoon-system"
