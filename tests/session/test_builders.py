@@ -260,3 +260,12 @@ def test_claiming_a_token_secret_sets_the_sessions_labels_and_owner_only() -> No
     view = controller.token_view(by_sandbox, OWNER)
     assert view is not None
     assert not view.owned
+
+
+def test_an_expiry_set_on_the_sandbox_by_hand_is_removed() -> None:
+    desired = build.sandbox(OWNER, build.sandbox_spec(spec()))
+    assert build.session_owned_patch(desired) is None
+    assert build.session_owned_patch(None) is None
+    edited = json.loads(json.dumps(desired))
+    edited["spec"]["shutdownTime"] = "2030-01-01T00:00:00Z"
+    assert build.session_owned_patch(edited) == {"spec": {"shutdownTime": None}}

@@ -368,12 +368,24 @@ def test_a_hand_edit_of_the_sandbox_is_reverted_and_a_deleted_child_recreated(
         namespace,
         "--type=merge",
         "-p",
-        json.dumps({"spec": {"idleTimeout": "5s", "operatingMode": "Hibernated"}}),
+        json.dumps(
+            {
+                "spec": {
+                    "idleTimeout": "5s",
+                    "operatingMode": "Hibernated",
+                    "shutdownTime": "2030-01-01T00:00:00Z",  # the session owns expiry
+                }
+            }
+        ),
     )
 
     def reverted() -> bool:
         spec = (get(cluster, "sandbox", namespace, "s") or {}).get("spec", {})
-        return spec.get("idleTimeout") == "10m0s" and spec.get("operatingMode") == "Auto"
+        return (
+            spec.get("idleTimeout") == "10m0s"
+            and spec.get("operatingMode") == "Auto"
+            and "shutdownTime" not in spec
+        )
 
     wait_for("the session to revert the edit of its Sandbox", reverted, timeout=10)
 

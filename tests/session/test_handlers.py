@@ -293,12 +293,19 @@ async def test_a_hand_edit_of_the_sandbox_is_reverted_and_a_deleted_token_recrea
     await create_session(ctx, idleTimeout="10m")
     await settle(ctx, k)
     k.objects[SANDBOXES, NS, NAME].patch(
-        {"spec": {"idleTimeout": "1s", "template": {"image": "evil"}}}
+        {
+            "spec": {
+                "idleTimeout": "1s",
+                "template": {"image": "evil"},
+                "shutdownTime": "2030-01-01T00:00:00Z",
+            }
+        }
     )
     await reconcile(ctx)
     box = stored(k, SANDBOXES)
     assert box is not None
     assert (box["spec"]["idleTimeout"], box["spec"]["template"]["image"]) == ("10m0s", "busybox")
+    assert "shutdownTime" not in box["spec"]
 
     first = secret_data(k)["token"]
     await kube_client.delete(ctx.api, SECRET, NS, f"{NAME}-token")

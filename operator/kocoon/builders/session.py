@@ -146,6 +146,15 @@ def drifted(desired: Any, live: Any) -> bool:
     return bool(desired != live)
 
 
+def session_owned_patch(live: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Merge patch removing expiry fields set on the session's Sandbox by hand (the session
+    owns expiry; apply cannot remove a field another writer set); None when there are none."""
+    spec = (live or {}).get("spec") or {}
+    if spec.get("shutdownTime") is None:
+        return None
+    return {"spec": {"shutdownTime": None}}
+
+
 def sandbox_drifted(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     """Whether the session's Sandbox must be applied: missing, its spec edited away from the
     session's, its labels or owner changed, or the release annotation not as wanted."""

@@ -468,6 +468,18 @@ async def _converge_sandbox(ctx: OperatorContext, decision: sl.Decision, seen: S
         return None
     spec = build.sandbox_spec(seen.session.spec, hibernate=intent is sl.SandboxIntent.HIBERNATE)
     manifest = build.sandbox(owner, spec, release_checkpoint=decision.release_checkpoint)
+    foreign = build.session_owned_patch(current_body)
+    if foreign is not None and current_body is not None:
+        patched = await client.merge_patch(
+            ctx.api,
+            SANDBOX,
+            owner.namespace,
+            build.sandbox_name(owner.name),
+            foreign,
+            resource_version=current_body["metadata"].get("resourceVersion"),
+        )
+        _put(ctx, SANDBOXES, patched)
+        current_body = patched
     if not build.sandbox_drifted(manifest, current_body):
         return None
     try:
