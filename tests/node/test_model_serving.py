@@ -23,7 +23,7 @@ from typing import Any
 
 import openai
 import pytest
-from sandboxkit import wait_for
+from sandboxkit import stored_checkpoints, wait_for
 from tests.conftest import OperatorProcess, install_crds, start_operator, stop_operator
 
 from kocoon import contract
@@ -295,3 +295,13 @@ def test_a_checkpoint_wake_restores_the_loaded_engine_instead_of_starting_it(
         assert again["id"] != checkpoint["id"]
         checkpoint = again
     print("\n".join(timings))
+
+    # Deleting the deployment releases its checkpoint and the agent's key for it.
+    state = Path(running.cluster.state.directory) / "agent" / "state"
+    assert stored_checkpoints(state) == [checkpoint["id"]]
+    running.kubectl("delete", "modeldeployment", NAME, "--timeout=60s")
+    assert stored_checkpoints(state) == []
+    keys = state / "keys"
+    assert not [k for k in keys.iterdir() if k.name.startswith(running.namespace)], list(
+        keys.iterdir()
+    )

@@ -11,6 +11,7 @@ An exception is reported in status (Ready=False, ReconcilerError) by the core's 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,7 +37,11 @@ from kocoon.builders import model as model_builder
 from kocoon.builders.context import Identity
 from kocoon.controllers import common, engine_sleep, failpoints, metrics
 from kocoon.controllers import model_checkpoints as checkpoints
-from kocoon.controllers.checkpoints import RESTORES_INTO_POD
+from kocoon.controllers.checkpoints import (
+    RESTORES_INTO_POD,
+    CheckpointFailed,
+    CheckpointUnavailable,
+)
 from kocoon.controllers.context import OperatorContext, current, resync_seconds
 from kocoon.controllers.observe import (
     CHECKPOINT_FAILED_ANNOTATION,
@@ -45,6 +50,7 @@ from kocoon.controllers.observe import (
     parse_time,
 )
 from kocoon.controllers.reconciler import Key, Reconciler, Result
+from kocoon.controllers.sandbox import cleanup_give_up
 from kocoon.decide import model as decide
 from kocoon.kube import client, events
 from kocoon.kube.resources import (
@@ -65,6 +71,8 @@ LEASE_STORE = "Lease"
 # On each replica pod: the hash of the pod template it was built from; a replica of an older
 # template is replaced (one ready replica at a time).
 TEMPLATE_HASH_ANNOTATION = "kocoon.io/template-hash"
+# On deployments with `wakeStrategy: checkpoint`: released only after their checkpoint is.
+FINALIZER = "kocoon.io/model-cleanup"
 
 
 def _now() -> datetime:
@@ -238,19 +246,82 @@ class ModelController:
 
     async def reconcile(self, key: Key) -> Result:
         body = self.deployments.get(key.namespace, key.name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return Result()  # the children go with it by garbage collection
+        if body is None:
+            return Result()
+        if body["metadata"].get("deletionTimestamp"):
+            # The children go with it by garbage collection; a checkpoint is released first.
+            return await self._finalize(body)
         try:
             deployment = ModelDeployment.model_validate(body)
         except ValidationError as error:
             await common.report_invalid(self.ctx, MODEL_DEPLOYMENT, body, error)
             return Result()
         try:
+            if deployment.spec.wake_strategy == "checkpoint":
+                body = await self._add_finalizer(body)
             return await self._reconcile(key, body, deployment)
         except client.ApiError as error:
             if common.namespace_terminating(error):
                 return Result()
             raise
+
+    async def _add_finalizer(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A deployment that keeps checkpoints is finalized: its checkpoint and the agent's key
+        for it are released before it goes."""
+        metadata = body["metadata"]
+        finalizers = list(metadata.get("finalizers") or [])
+        if FINALIZER in finalizers:
+            return body
+        answer = await client.merge_patch(
+            self.ctx.api,
+            MODEL_DEPLOYMENT,
+            metadata["namespace"],
+            metadata["name"],
+            {"metadata": {"finalizers": [*finalizers, FINALIZER]}},
+            resource_version=metadata.get("resourceVersion"),
+        )
+        self.deployments.upsert(answer)
+        return answer
+
+    async def _finalize(self, body: dict[str, Any]) -> Result:
+        metadata = body["metadata"]
+        finalizers = list(metadata.get("finalizers") or [])
+        if FINALIZER not in finalizers:
+            return Result()
+        owner = identity(body)
+        status = ModelDeploymentStatus.model_validate(body.get("status") or {})
+        try:
+            await checkpoints.release(self.ctx, owner, status)
+            node = status.checkpoint.node if status.checkpoint else None
+            with contextlib.suppress(CheckpointUnavailable):
+                await self.ctx.checkpointer.forget(
+                    owner.namespace, checkpoints.agent_name(owner), node
+                )
+        except CheckpointFailed as error:
+            deleted_at = parse_time(metadata.get("deletionTimestamp")) or _now()
+            if _now() < deleted_at + cleanup_give_up():
+                raise
+            message = (
+                f"gave up cleaning up after {cleanup_give_up()}: {error}; the checkpoint"
+                " archive or key may remain"
+            )
+            await events.post(self.ctx.api, body, events.WARNING, Reason.CLEANUP_ABANDONED, message)
+        remaining = [f for f in finalizers if f != FINALIZER]
+        try:
+            answer = await client.merge_patch(
+                self.ctx.api,
+                MODEL_DEPLOYMENT,
+                owner.namespace,
+                owner.name,
+                {"metadata": {"finalizers": remaining or None}},
+                resource_version=metadata.get("resourceVersion"),
+            )
+        except client.ApiError as error:
+            if error.status == 404:
+                return Result()
+            raise
+        self.deployments.upsert(answer)
+        return Result()
 
     async def _reconcile(
         self, key: Key, body: dict[str, Any], deployment: ModelDeployment
