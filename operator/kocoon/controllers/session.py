@@ -237,12 +237,14 @@ async def _reconcile(ctx: OperatorContext, body: dict[str, Any], session: AgentS
     decision = sl.decide(seen.observed)
     status = (session.status or AgentSessionStatus()).model_copy(deep=True)
     failures: list[str] = []
+    token_written = True
     for action in decision.actions:
         try:
             await _act(ctx, action, seen, decision)
         except client.ApiError as error:
             if action is not sl.Action.CREATE_TOKEN or not _child_failure(error):
                 raise
+            token_written = False
             failures.append(f"Secret {build.token_secret_name(seen.owner.name)}: {_said(error)}")
         failpoints.hit(f"session:after:{action.value}")
     refused = await _converge_children(ctx, decision, seen, failures)
@@ -252,7 +254,6 @@ async def _reconcile(ctx: OperatorContext, body: dict[str, Any], session: AgentS
         previous,
         seen.observed.now,
     )
-    token_written = not any(f.startswith("Secret ") for f in failures)
     await _write_status(ctx, seen, status, decision, report, token_written)
     pauses = [p for p in (decision.requeue_after, report.requeue_after) if p is not None]
     return Result(requeue_after=min(pauses) if pauses else None)
