@@ -452,7 +452,8 @@ class SandboxStatus(KocoonModel):
     phase_since: datetime | None = None
     """When the sandbox entered its current phase."""
     conditions: Conditions = []
-    """Ready, Hibernated, CheckpointAvailable, PodScheduled, each with a reason."""
+    """Ready, Hibernated, CheckpointAvailable, PodScheduled, ChildrenReady (whether every child
+    object was applied), each with a reason."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The `.metadata.generation` the status reflects."""
     pod_name: str | None = None
