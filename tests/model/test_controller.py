@@ -427,3 +427,48 @@ def test_engine_sleep_keeps_a_llama_server_replica_and_reports_it_asleep(
             seed=1,
         )
         assert "Paris" in (reply.choices[0].message.content or "")
+
+
+def test_a_checkpoint_that_cannot_be_taken_scales_to_zero_anyway_and_says_why(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    """No node agent serves the simulated nodes: the checkpoint before scaling to zero fails,
+    the condition and an Event say why, the replica goes anyway, and deletion is not held up."""
+    namespace = new_namespace(cluster, "ckpt")
+    create(cluster, namespace, "c", wakeStrategy="checkpoint", replicas=1)
+    ready = wait_status(cluster, namespace, "c", "Ready", phase_is("Ready"))
+    assert condition(ready, "WakeStrategyAvailable")["status"] == "True"
+    found = get(cluster, KIND, namespace, "c")
+    assert found is not None
+    assert "kocoon.io/model-cleanup" in found["metadata"]["finalizers"]
+
+    cluster.kubectl("scale", KIND, "c", "-n", namespace, "--replicas=0")
+    at_zero = wait_status(cluster, namespace, "c", "ScaledToZero", phase_is("ScaledToZero"))
+    wait_for("the replica to go", lambda: replica_pods(cluster, namespace, "c") == [])
+    available = condition(at_zero, "CheckpointAvailable")
+    assert available["status"] == "False"
+    assert available["reason"] == "CheckpointFailed"
+    assert "no Kocoon agent serves node" in available["message"]
+    assert "checkpoint" not in at_zero
+    assert "CheckpointFailed" in [e["reason"] for e in events(cluster, namespace, "c")]
+
+    cluster.kubectl("delete", KIND, "c", "-n", namespace, "--timeout=30s")
+    assert get(cluster, KIND, namespace, "c") is None
+
+
+def test_a_checkpoint_wake_for_a_gpu_replica_says_cuda_checkpoint_is_missing(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "cuda")
+    create(
+        cluster,
+        namespace,
+        "g",
+        wakeStrategy="checkpoint",
+        engine={"type": "vllm"},
+        gpu={"mode": "wholeGPU"},
+    )
+    current = wait_status(cluster, namespace, "g", "ScaledToZero", phase_is("ScaledToZero"))
+    wake = condition(current, "WakeStrategyAvailable")
+    assert (wake["status"], wake["reason"]) == ("False", "CudaCheckpointMissing")
+    assert "coldStart" in wake["message"]

@@ -137,9 +137,16 @@ def _model_stack(real_node: Cluster, tmp_path: Path, *, with_agent: bool) -> Ite
     if not engines.installed():
         pytest.skip(f"the CPU engine is not installed: {engines.SETUP_HINT}")
     install_crds(real_node)
-    env: dict[str, str] = {}
+    # The RuntimeClass that reaches the real node runs runc: its pods can be checkpointed.
+    classes = json.dumps(["runc", RUNTIME_CLASS])
+    env = {
+        "KOCOON_RUNTIME_CLASSES": json.dumps(
+            ["kata", "kata-qemu-nvidia-gpu", "runc", RUNTIME_CLASS]
+        ),
+        "KOCOON_MEMORY_CHECKPOINT_RUNTIME_CLASSES": classes,
+    }
     if with_agent:
-        env = stack.start_agent(real_node)
+        env.update(stack.start_agent(real_node))
         if realnode.criu_needs_root():
             # CRIU here checkpoints only root's processes: the engine runs as the image's
             # user (root), which pod hardening would refuse.

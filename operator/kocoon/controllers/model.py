@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from kocoon import contract
+from kocoon import contract, defaults
 from kocoon.api.conditions import ConditionType, ModelPhase, Reason
 from kocoon.api.model import (
     Backend,
@@ -403,12 +403,23 @@ class ModelController:
             self.deployments.upsert(written)
 
     def _checkpoint_unavailable(self, spec: ModelDeploymentSpec) -> str | None:
-        if spec.wake_strategy != "checkpoint" or spec.gpu is None:
+        """Why a checkpoint wake cannot work for these replicas (the rule admission applies,
+        for objects admitted without it), or None."""
+        if spec.wake_strategy != "checkpoint":
             return None
-        return (
-            "GPU memory needs cuda-checkpoint, which this operator does not drive yet"
-            " (cuda-checkpoint not wired)"
-        )
+        config = self.ctx.config
+        runtime = model_builder.runtime_class(spec, self.ctx.build)
+        if not defaults.runtime_can_checkpoint_memory(runtime, config):
+            return (
+                f"runtime class {runtime!r} cannot checkpoint memory"
+                f" (memoryCheckpointRuntimeClasses: {config.memory_checkpoint_runtime_classes})"
+            )
+        if spec.gpu is not None:
+            return (
+                "GPU memory needs cuda-checkpoint, which this operator does not drive yet"
+                " (cuda-checkpoint not wired)"
+            )
+        return None
 
     async def _checkpoints(
         self,
