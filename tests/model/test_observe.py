@@ -9,6 +9,7 @@ import pytest
 
 from kocoon import contract
 from kocoon.controllers import model as controller
+from kocoon.decide.model import Demand
 
 pytestmark = pytest.mark.unit
 
@@ -134,4 +135,4 @@ def test_requests_held_by_a_router_that_stopped_renewing_are_not_demand() -> Non
 def test_garbage_counts_are_zero_and_no_lease_is_no_demand() -> None:
     found = controller.demand(lease(datetime.now(UTC), **{contract.IN_FLIGHT_ANNOTATION: "many"}))
     assert found.in_flight == 0
-    assert controller.demand(None) == controller.decide.Demand()
+    assert controller.demand(None) == Demand()
