@@ -406,7 +406,7 @@ def test_engine_sleep_keeps_a_llama_server_replica_and_reports_it_asleep(
 
         def asleep_reported(current: dict[str, Any]) -> bool:
             found = {c["type"]: c for c in current.get("conditions") or []}
-            message = found.get("WakeStrategyAvailable", {}).get("message", "")
+            message = str(found.get("WakeStrategyAvailable", {}).get("message", ""))
             return message.endswith("now 1 of 1 asleep")
 
         slept = wait_status(cluster, namespace, "z", "the engine reported asleep", asleep_reported)

@@ -168,7 +168,7 @@ def test_a_wake_request_at_zero_creates_one_replica_and_the_first_ready_one_ends
     assert still.wake_latency_seconds is None
 
     woke = model.decide(
-        observe(replica(), demand=wake, previous=previous, now=later, **{"scaling": SCALING})
+        observe(replica(), demand=wake, previous=previous, now=later, scaling=SCALING)
     )
     assert woke.phase is ModelPhase.READY
     assert woke.wake_latency_seconds == 2.5
@@ -255,9 +255,7 @@ def test_scale_down_waits_for_scale_down_delay_of_lower_demand() -> None:
 
     mid = NOW + timedelta(seconds=59)
     previous = ready_previous(2, lower_demand_since=NOW)
-    waiting = model.decide(
-        observe(*two, demand=quiet, previous=previous, now=mid, **{"scaling": SCALING})
-    )
+    waiting = model.decide(observe(*two, demand=quiet, previous=previous, now=mid, scaling=SCALING))
     assert waiting.desired == 2
     assert waiting.delete == ()
     assert waiting.requeue_after == pytest.approx(1)
@@ -323,7 +321,7 @@ def test_spec_replicas_zero_keeps_it_at_zero_and_drops_wake_requests() -> None:
             demand=Demand(wake_requested_at=NOW),
             previous=at_zero,
             replicas=0,
-            **{"scaling": SCALING},
+            scaling=SCALING,
         )
     )
     assert decision.phase is ModelPhase.SCALED_TO_ZERO
@@ -392,7 +390,7 @@ def test_after_max_replacements_the_deployment_is_failed_with_the_containers_rea
             crash_looping(),
             demand=Demand(wake_requested_at=NOW),
             previous=previous,
-            **{"replicas": 1},
+            replicas=1,
         )
     )
     assert decision.phase is ModelPhase.FAILED
@@ -544,10 +542,8 @@ def test_replicas_of_an_older_template_are_replaced_one_ready_one_at_a_time() ->
         observe(
             replica(0, template_hash="a", ready=False),
             previous=ready_previous(1),
-            **{
-                "replicas": 1,
-                "template_hash": "b",
-            },
+            replicas=1,
+            template_hash="b",
         )
     )
     assert [r.index for r in unready_old.delete] == [0]
