@@ -9,7 +9,9 @@ in rounds so that drift in the machine's load hits both alike. Per request:
 - time to first token: request sent → first `data:` event with content;
 - tokens per second after the first: (tokens - 1) / (last token - first token).
 Reported: p50 of each, the router's added TTFT (p50 routed - p50 direct) and the tokens/s
-ratio routed/direct.
+ratio routed/direct. For reference the synthetic engine is also reached as a Sandbox
+(`/sandboxes/...`, the router's plain proxy path), which shows what the model path itself
+(caller auth, body parse, replica pick) adds over proxying.
 
 Engines: `llama` is llama-server with SmolLM2-135M (setup/llamacpp.sh), the engine the
 project runs for real; `synthetic` is an aiohttp server that streams `--tokens` chunks, one every
@@ -146,6 +148,9 @@ async def router_in_front(engine_address: str) -> AsyncIterator[str]:
             "targets:\n"
             f"- {{kind: modeldeployment, namespace: bench, name: chat, servedModelName: {SERVED},"
             f" endpoint: '{engine_address}', apiKey: {API_KEY}}}\n"
+            # the same engine as a Sandbox: the router's plain proxy path, for reference
+            f"- {{kind: sandbox, namespace: bench, name: engine, endpoint: '{engine_address}',"
+            f" token: {API_KEY}}}\n"
         )
         args = [
             sys.executable, "-m", "kocoon.cli", "router", "--static", str(static),
@@ -195,6 +200,10 @@ def summarize(samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
             "requests": len(s["ttft"]),
         }
     out["added_ttft_p50_ms"] = out["router"]["ttft_p50_ms"] - out["direct"]["ttft_p50_ms"]
+    if "proxy-path" in out:  # what the model path (caller auth, body parse, pick) adds
+        out["model_path_vs_proxy_path_ttft_p50_ms"] = (
+            out["router"]["ttft_p50_ms"] - out["proxy-path"]["ttft_p50_ms"]
+        )
     out["tokens_per_s_ratio"] = statistics.median(routed["rate"]) / statistics.median(
         direct["rate"]
     )
@@ -219,6 +228,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             max_tokens = args.tokens
         async with upstream as address, router_in_front(address) as router:
             targets = {"direct": (f"http://{address}", "unused"), "router": (router, API_KEY)}
+            if engine == "synthetic":
+                # Not against llama-server: the plain proxy path resends only refused
+                # connections, and llama-server closes its own after every stream.
+                targets["proxy-path"] = (f"{router}/sandboxes/bench/engine", API_KEY)
             samples = await measure(
                 targets, args.rounds, args.requests, max_tokens, fresh_connections=engine == "llama"
             )

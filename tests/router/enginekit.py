@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,7 @@ class Engine:
     close_after_stream: bool = False
     crash_after_first_token: bool = False  # the connection drops mid-answer
     dropped: int = 0
-    _streamed_on: set[int] = field(default_factory=set)
+    _streamed_on: weakref.WeakSet[asyncio.BaseTransport] = field(default_factory=weakref.WeakSet)
 
     def __post_init__(self) -> None:
         self.answer_gate.set()
@@ -78,7 +79,7 @@ def engine_app(engine: Engine) -> web.Application:
 
     async def chat(request: web.Request) -> web.StreamResponse:
         transport = request.transport
-        if transport is not None and id(transport) in engine._streamed_on:
+        if transport is not None and transport in engine._streamed_on:
             engine.dropped += 1
             transport.close()
             return web.Response(status=500)  # never sent: the connection is gone
@@ -122,7 +123,7 @@ def engine_app(engine: Engine) -> web.Application:
                 await response.write(b"data: [DONE]\n\n")
                 await response.write_eof()
                 if engine.close_after_stream and transport is not None:
-                    engine._streamed_on.add(id(transport))
+                    engine._streamed_on.add(transport)
             except (asyncio.CancelledError, ConnectionResetError):
                 engine.disconnected += 1
                 raise

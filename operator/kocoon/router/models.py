@@ -50,6 +50,7 @@ SSE_MEDIA_TYPE = "text/event-stream"
 CLIENT_CLOSED = "499"  # nginx's code for a client that went away; only in metrics
 # Pooled connections found closed by the engine, in a row, before giving up with a 502.
 STALE_CONNECTION_RETRIES = 3
+MAX_REMEMBERED_ENGINES = 4096
 
 
 class _RelayedResponse(web.StreamResponse):
@@ -70,6 +71,10 @@ class ModelEndpoint:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.balancer = Balancer()
+        # Engines found to close their connection after a streamed answer (llama-server):
+        # their streams are sent with `Connection: close`, so that no dead connection is
+        # pooled.
+        self.closes_after_stream: set[str] = set()
 
     @property
     def table(self) -> RoutingTable:
@@ -202,7 +207,9 @@ class ModelEndpoint:
                 if stream:
                     return await self._hold_streaming(request, key, body, path, prefix, started)
                 route = await self._hold(key)
-            return await self._forward(request, key, route, body, path, prefix, started)
+            return await self._forward(
+                request, key, route, body, path, prefix, started, stream=stream
+            )
         except OpenAIError as error:
             return error.response()
 
@@ -265,7 +272,9 @@ class ModelEndpoint:
                 await response.write(_wake_failed(error, retry).sse_event())
                 await response.write_eof()
                 return response
-        return await self._forward(request, key, route, body, path, prefix, started, response)
+        return await self._forward(
+            request, key, route, body, path, prefix, started, response, stream=True
+        )
 
     # --- forwarding ---------------------------------------------------------------------------
 
@@ -279,13 +288,17 @@ class ModelEndpoint:
         prefix: str,
         started: float,
         prepared: web.StreamResponse | None = None,
+        *,
+        stream: bool,
     ) -> web.StreamResponse:
         gauge = self.proxy.metrics.model_in_flight.labels(key.namespace, key.name)
         self.proxy.tracker.begin(key)
         gauge.inc()
         try:
             try:
-                endpoint, upstream = await self._open(request, key, route, body, path, prefix)
+                endpoint, upstream = await self._open(
+                    request, key, route, body, path, prefix, stream
+                )
             except (TimeoutError, aiohttp.ClientConnectionError) as error:
                 unreachable = OpenAIError(
                     502, f"The model {key.name}'s replica is unreachable ({error})",
@@ -306,7 +319,7 @@ class ModelEndpoint:
 
     async def _open(
         self, request: web.Request, key: TargetKey, route: Route, body: bytes, path: str,
-        prefix: str,
+        prefix: str, stream: bool,
     ) -> tuple[str, aiohttp.ClientResponse]:  # fmt: skip
         """The engine's response (status and headers), retrying while nothing was received.
 
@@ -314,8 +327,10 @@ class ModelEndpoint:
         replica that has just become ready, not listening yet), retried with backoff, on
         another replica when there is one; and a pooled keep-alive connection the engine has
         closed meanwhile (llama-server closes its connection after every streamed answer while
-        announcing keep-alive), retried at once on a new connection. An inference request has
-        no side effects, so sending it again when no answer has started is safe.
+        announcing keep-alive), retried at once on a new connection; the router then asks that
+        engine to close its connection after each stream (`Connection: close`), so the next
+        request does not meet a dead one. An inference request has no side effects, so
+        sending it again when no answer has started is safe.
         """
         from kocoon.router.proxy import CONNECT_RETRY_DELAYS, request_headers
 
@@ -330,6 +345,10 @@ class ModelEndpoint:
             fresh = self.table.resolve(key)  # replicas may have come or gone meanwhile
             endpoints = (fresh.endpoints if fresh is not None else ()) or route.endpoints
             endpoint = self.balancer.pick(endpoints, avoid=failed)
+            if stream and endpoint in self.closes_after_stream:
+                headers["Connection"] = "close"
+            else:
+                headers.popall("Connection", None)
             try:
                 with self.balancer.using(endpoint):
                     upstream = await self.proxy.client.request(
@@ -347,6 +366,9 @@ class ModelEndpoint:
                 stale_retries += 1
                 if stale_retries > STALE_CONNECTION_RETRIES:
                     raise
+                if len(self.closes_after_stream) >= MAX_REMEMBERED_ENGINES:
+                    self.closes_after_stream.clear()
+                self.closes_after_stream.add(endpoint)
 
     async def _relay(
         self,
