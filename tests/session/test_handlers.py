@@ -255,7 +255,7 @@ async def test_max_lifetime_ends_the_session_on_the_second(
     assert status["usage"]["idleSeconds"] + status["usage"].get("activeSeconds", 0) >= 3599
 
 
-async def test_retention_asks_the_sandbox_to_release_its_memory_checkpoint(
+async def test_retention_releases_the_memory_checkpoint_through_the_sandbox_controller(
     emulator: tuple[kmock.KubernetesEmulator, str],
     ctx: context.OperatorContext,
     clock: Clock,
@@ -284,6 +284,14 @@ async def test_retention_asks_the_sandbox_to_release_its_memory_checkpoint(
     # The session only states its intent: the Sandbox's status is its controller's to write.
     assert box["status"]["checkpoint"]["id"] == "chat-0123"
     assert agent.released == []
+    # The Sandbox controller acts on it: released once, through the agent.
+    await sandbox.reconcile(ctx, NS, NAME)
+    assert agent.released == ["chat-0123"]
+    box_status = status_of(k, SANDBOXES)
+    assert box_status.get("checkpoint") is None
+    assert box_status["phase"] == "Hibernated"
+    await settle(ctx, k, rounds=2)
+    assert agent.released == ["chat-0123"]
 
 
 async def test_a_hand_edit_of_the_sandbox_is_reverted_and_a_deleted_token_recreated(
