@@ -40,7 +40,7 @@ from kocoon.router.openai_format import (
     wants_stream,
 )
 from kocoon.router.table import Route, RoutingTable, TargetKey, TargetKind
-from kocoon.router.wake import HoldRefused, TargetGone
+from kocoon.router.wake import Hold, HoldRefused, TargetGone
 
 if TYPE_CHECKING:
     from kocoon.router.proxy import Proxy
@@ -226,7 +226,7 @@ class ModelEndpoint:
             gauge.dec()
             self.proxy.tracker.unqueue(key)
 
-    def _enter_hold(self, key: TargetKey) -> Any:
+    def _enter_hold(self, key: TargetKey) -> Hold:
         try:
             return self.proxy.waker.hold(key)
         except HoldRefused as refused:
