@@ -784,3 +784,17 @@ def test_checkpoints_are_not_used_where_they_cannot_work() -> None:
     )
     assert decision.restore_into == ()
     assert decision.release_checkpoint
+
+
+def test_a_wake_whose_waking_status_was_never_written_is_still_counted() -> None:
+    """The operator died after creating the wake's pod: the next decision sees the replica
+    ready while the last status still says ScaledToZero."""
+    at_zero = Previous(
+        phase=ModelPhase.SCALED_TO_ZERO, phase_since=NOW - timedelta(hours=1), desired=0
+    )
+    wake = Demand(wake_requested_at=NOW - timedelta(seconds=3))
+    decision = model.decide(observe(replica(), demand=wake, previous=at_zero))
+    assert decision.phase is ModelPhase.READY
+    assert decision.usage.wake_count == 1
+    assert decision.wake_latency_seconds == 3.0
+    assert decision.clear_wake_request

@@ -386,11 +386,7 @@ def decide(observed: Observed) -> Decision:
         failures = 0
     phase = _phase(observed, desired, staying, ready)
     conditions = _conditions(observed, phase, desired, staying, ready, scale)
-    wake_latency, wake_count = None, previous.usage.wake_count
-    if previous.phase is ModelPhase.WAKING and ready:
-        since = previous.phase_since or observed.now
-        wake_latency = round(max(0.0, (observed.now - since).total_seconds()), 3)
-        wake_count += 1
+    wake_latency, wake_count = _wake_ended(observed, ready)
     billed = sum(1 for r in staying if r.address)
     usage, usage_changed = account(observed, phase, billed)
     usage = replace(usage, wake_count=wake_count)
@@ -422,6 +418,24 @@ def decide(observed: Observed) -> Decision:
         restore_into=restore_into,
         release_checkpoint=release,
     )
+
+
+def _wake_ended(observed: Observed, ready: list[Replica]) -> tuple[float | None, int]:
+    """(latency, wake count) on the decision that ends a wake from zero: the first ready
+    replica after Waking — or straight after ScaledToZero, when the Waking status was never
+    written (the operator died after creating the pod), timed then from the wake request."""
+    previous = observed.previous
+    count = previous.usage.wake_count
+    if not ready or previous.phase not in (ModelPhase.WAKING, ModelPhase.SCALED_TO_ZERO):
+        return None, count
+    since = (
+        previous.phase_since
+        if previous.phase is ModelPhase.WAKING
+        else observed.demand.wake_requested_at
+    )
+    if since is None:
+        return None, count + 1
+    return round(max(0.0, (observed.now - since).total_seconds()), 3), count + 1
 
 
 def _to_checkpoint(
