@@ -84,3 +84,33 @@ def test_listeners_hear_every_change_and_endpoints_rotate() -> None:
 def test_sessions_are_not_backends() -> None:
     with pytest.raises(ValueError, match="upsert_session"):
         RoutingTable().upsert_backend(SESSION, BackendView())
+
+
+def test_callers_follow_sessions_secrets_and_api_keys() -> None:
+    from kocoon.router.table import ApiKeyView
+
+    table = RoutingTable()
+    table.upsert_session("ns", "s1", SessionView("Running", "s1-sbx", "tok", frozenset({"m"})))
+    assert table.callers.identify("Bearer a") == "wrong"  # no Secret yet
+    table.upsert_secret("ns", "tok", [hash_token("a")])
+    caller = table.callers.identify("Bearer a")
+    assert not isinstance(caller, str)
+    assert (caller.namespace, caller.name, caller.model_names) == ("ns", "s1", {"m"})
+    table.upsert_secret("ns", "tok", [hash_token("b")])  # rotated without a previous token
+    assert table.callers.identify("Bearer a") == "wrong"
+    assert table.callers.identify("Basic x") == "malformed"
+    assert table.callers.identify(None) == "missing"
+    # the same key in two Secrets: when the first goes, the second still opens
+    table.upsert_api_key("ns", "k1", ApiKeyView(frozenset({hash_token("k")}), None))
+    table.upsert_api_key("other", "k2", ApiKeyView(frozenset({hash_token("k")}), None))
+    first = table.callers.identify("Bearer k")
+    assert not isinstance(first, str)
+    assert first.namespace == "ns"
+    table.delete_api_key("ns", "k1")
+    second = table.callers.identify("Bearer k")
+    assert not isinstance(second, str)
+    assert second.namespace == "other"
+    table.delete_api_key("other", "k2")
+    assert table.callers.identify("Bearer k") == "wrong"
+    table.delete_session("ns", "s1")
+    assert table.callers.identify("Bearer b") == "wrong"

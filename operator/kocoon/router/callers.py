@@ -57,6 +57,7 @@ class CallerIndex:
 
     by_digest: dict[bytes, Caller] = field(default_factory=dict)
     _indexed: dict[tuple[CallerKind, str, str], frozenset[bytes]] = field(default_factory=dict)
+    _callers: dict[tuple[CallerKind, str, str], Caller] = field(default_factory=dict)
     _sessions: dict[Key, tuple[str | None, frozenset[str]]] = field(default_factory=dict)
     _sessions_by_secret: dict[Key, set[str]] = field(default_factory=dict)
 
@@ -110,20 +111,24 @@ class CallerIndex:
 
     def _put(self, caller: Caller, digests: frozenset[bytes]) -> None:
         self._indexed[caller.kind, caller.namespace, caller.name] = digests
+        self._callers[caller.kind, caller.namespace, caller.name] = caller
         for digest in digests:
-            # The same token in two Secrets: the first indexed keeps it (a collision of
-            # SHA-256 digests of different tokens is not a case to handle).
+            # The same token in two Secrets: the first indexed keeps it until it goes (a
+            # collision of SHA-256 digests of different tokens is not a case to handle).
             self.by_digest.setdefault(digest, caller)
 
     def _drop(self, kind: CallerKind, namespace: str, name: str) -> None:
-        for digest in self._indexed.pop((kind, namespace, name), frozenset()):
+        ident = (kind, namespace, name)
+        self._callers.pop(ident, None)
+        for digest in self._indexed.pop(ident, frozenset()):
             caller = self.by_digest.get(digest)
-            if caller is not None and (caller.kind, caller.namespace, caller.name) == (
-                kind,
-                namespace,
-                name,
-            ):
-                del self.by_digest[digest]
+            if caller is None or (caller.kind, caller.namespace, caller.name) != ident:
+                continue
+            del self.by_digest[digest]
+            # Another Secret with the same token takes over (rare: a scan is fine).
+            heirs = sorted(other for other, held in self._indexed.items() if digest in held)
+            if heirs:
+                self.by_digest[digest] = self._callers[heirs[0]]
 
     # --- reads (per request) ------------------------------------------------------------
 
