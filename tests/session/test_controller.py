@@ -7,12 +7,13 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kocoon.devcluster import Cluster
-from tests.conftest import OperatorProcess
+from tests.conftest import OperatorProcess, start_operator
 from tests.controllers.helpers import get, new_namespace, wait_for
 
 pytestmark = pytest.mark.integration
@@ -497,3 +498,46 @@ def test_a_sandbox_the_quota_refuses_is_a_condition_and_is_retried(
     cluster.kubectl("delete", "resourcequota", "no-sandboxes", "-n", namespace)
     running = wait_session(cluster, namespace, "s", "Running", timeout=40)
     assert conditions(running)["ChildrenReady"]["status"] == "True"
+
+
+def test_an_operator_killed_and_restarted_changes_nothing(
+    cluster: Cluster, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """The new operator's first reconciles may run before its watches listed every child:
+    the session must not flap to Pending, recreate its token or touch its Sandbox."""
+    namespace = new_namespace(cluster, "srst")
+    create(cluster, namespace, "s", models=[{"name": "absent"}])
+    wait_session(cluster, namespace, "s", "Running")
+    secret = get(cluster, "secret", namespace, "s-token")
+    assert secret is not None
+    sandbox = get(cluster, "sandbox", namespace, "s")
+    assert sandbox is not None
+
+    operator.process.kill()
+    operator.process.wait()
+    fresh = start_operator(cluster, tmp_path)
+    operator.process, operator.log = fresh.process, fresh.log  # the fixture stops this one
+    time.sleep(8)  # started, listed, reconciled
+    annotate(cluster, "agentsession", namespace, "s", "kocoon.io/rotate-token=after-restart")
+    wait_for(
+        "the restarted operator to rotate the token",
+        lambda: (
+            (found := get(cluster, "secret", namespace, "s-token"))
+            and secret_value(found, "previousToken") == secret_value(secret, "token")
+        ),
+        timeout=20,
+    )
+    after = session(cluster, namespace, "s")
+    assert after["status"]["phase"] == "Running"
+    reasons = events_of(cluster, namespace, "s")
+    assert "SandboxCreating" not in reasons
+    assert "SandboxReplacing" not in reasons
+    again = get(cluster, "secret", namespace, "s-token")
+    assert again is not None
+    assert again["metadata"]["uid"] == secret["metadata"]["uid"]
+    box = get(cluster, "sandbox", namespace, "s")
+    assert box is not None
+    assert box["metadata"]["uid"] == sandbox["metadata"]["uid"]
+    assert box["metadata"]["generation"] == sandbox["metadata"]["generation"]
+    models = conditions(after)["ModelsAvailable"]
+    assert models["reason"] == "ModelNotFound"
