@@ -503,6 +503,9 @@ async def test_engine_errors_pass_through_and_metrics_count_per_model(
     assert f'kocoon_router_model_requests_total{{code="503",{labels}}} 1.0' in metrics
     assert f"kocoon_router_model_time_to_first_byte_seconds_count{{{labels}}} 2.0" in metrics
     assert f"kocoon_router_model_in_flight{{{labels}}} 0.0" in metrics
+    router.table.delete_model(NAMESPACE, "chat")  # a deleted model's series go with it
+    async with http.get(f"{router.admin_url}/metrics") as response:
+        assert 'model="chat"' not in await response.text()
 
 
 async def test_a_pooled_connection_the_engine_closed_is_retried_on_a_new_one(

@@ -75,6 +75,9 @@ class ModelEndpoint:
         # their streams are sent with `Connection: close`, so that no dead connection is
         # pooled.
         self.closes_after_stream: set[str] = set()
+        # (namespace, name) -> request codes seen: the per-model series to drop with the model
+        self._series: dict[tuple[str, str], set[str]] = {}
+        proxy.table.listeners.append(self._forget_deleted)
 
     @property
     def table(self) -> RoutingTable:
@@ -175,12 +178,28 @@ class ModelEndpoint:
         started: float,
     ) -> web.StreamResponse:
         code = CLIENT_CLOSED
+        codes = self._series.setdefault((key.namespace, key.name), set())
         try:
             response = await self._answer(request, key, body, path, prefix, stream, started)
             code = str(response.status)
             return response
         finally:
+            codes.add(code)
             self.proxy.metrics.model_requests.labels(key.namespace, key.name, code).inc()
+
+    def _forget_deleted(self) -> None:
+        """Drop the metric series of models that are gone (a table listener)."""
+        models = self.table.models
+        gone = [series for series in self._series if series not in models]
+        metrics = self.proxy.metrics
+        for namespace, name in gone:
+            codes = self._series.pop((namespace, name))
+            for gauge in (metrics.model_in_flight, metrics.model_queued, metrics.model_ttfb):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(namespace, name)
+            for code in codes:
+                with contextlib.suppress(KeyError):
+                    metrics.model_requests.remove(namespace, name, code)
 
     async def _answer(
         self,
