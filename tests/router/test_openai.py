@@ -420,6 +420,20 @@ async def test_a_held_stream_gets_keep_alives_then_the_tokens(
     assert words == [f"alpha-{i} " for i in range(engine_a.tokens)]
 
 
+@pytest.mark.parametrize("router_options", [{"wake_delay": 0.3, "sse_heartbeat": 0.1}])
+async def test_the_path_form_holds_a_stream_the_same_way(
+    router: RunningRouter, engine_a: Engine, http: aiohttp.ClientSession
+) -> None:
+    _scaled_to_zero(router, engine_a)
+    url = f"{router.url}/models/{NAMESPACE}/chat/v1/chat/completions"
+    body = {"model": "chat", "messages": [], "stream": True}
+    async with http.post(url, json=body, headers=bearer(KEY)) as response:
+        text = (await response.read()).decode()
+    assert text.startswith(": waiting for model\n\n")
+    assert text.endswith("data: [DONE]\n\n")
+    assert engine_a.paths == ["/v1/chat/completions"]
+
+
 @pytest.mark.parametrize(
     "router_options", [{"wake_config": WakeConfig(timeout=5, queue_per_target=1, retry_after=7)}]
 )
