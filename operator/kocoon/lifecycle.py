@@ -265,7 +265,9 @@ def _pod_failure(observed: Observed, phase: SandboxPhase) -> Decision | None:
             count_restart=True,
             warning=True,
         )
-    if observed.restarts + pod.container_restarts >= MAX_POD_FAILURES:
+    # A crash loop: restarting again and again and not ready now (a long-lived pod that
+    # restarted now and then, and runs, is not failing).
+    if not pod.ready and observed.restarts + pod.container_restarts >= MAX_POD_FAILURES:
         return _give_up(observed, why, observed.restarts + pod.container_restarts, count=False)
     return None
 

@@ -458,3 +458,8 @@ def test_a_coming_shutdown_time_is_a_deadline_to_wake_up_for() -> None:
     assert idle.phase is SandboxPhase.RUNNING
     assert idle.requeue_after is not None
     assert idle.requeue_after < 3600  # the idle deadline comes first
+
+
+def test_a_running_pod_that_restarted_now_and_then_is_not_a_crash_loop() -> None:
+    pod = running_pod(container_restarts=9, container_reason="OOMKilled, exit code 137")
+    assert lifecycle.decide(observed(SandboxPhase.RUNNING, pod)).phase is SandboxPhase.RUNNING
