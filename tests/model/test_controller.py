@@ -8,9 +8,11 @@ controller put in `status.backends`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 
 from kocoon import contract
 from kocoon.devcluster import Cluster, engines
@@ -472,3 +475,98 @@ def test_a_checkpoint_wake_for_a_gpu_replica_says_cuda_checkpoint_is_missing(
     wake = condition(current, "WakeStrategyAvailable")
     assert (wake["status"], wake["reason"]) == ("False", "CudaCheckpointMissing")
     assert "coldStart" in wake["message"]
+
+
+class DocumentedVllmSleep:
+    """vLLM's sleep endpoints as its documentation states them (docs.vllm.ai, sleep mode):
+    `POST /sleep?level=1`, `POST /wake_up`, `GET /is_sleeping` → `{"is_sleeping": bool}`, plus
+    `GET /health`. vLLM needs a GPU and does not run here: this serves the protocol, at the
+    replica's address, so the operator's client is tested against what the docs promise."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.sleeping = False
+        self.calls: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/is_sleeping", self._is_sleeping)
+        app.router.add_post("/sleep", self._sleep)
+        app.router.add_post("/wake_up", self._wake_up)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, self.host, self.port)
+        self._loop.run_until_complete(site.start())
+        self._started.set()
+        self._loop.run_forever()
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.Response(text="")
+
+    async def _is_sleeping(self, _: web.Request) -> web.Response:
+        return web.json_response({"is_sleeping": self.sleeping})
+
+    async def _sleep(self, request: web.Request) -> web.Response:
+        self.calls.append(f"POST /sleep?level={request.query.get('level')}")
+        self.sleeping = True
+        return web.Response(text="")
+
+    async def _wake_up(self, _: web.Request) -> web.Response:
+        self.calls.append("POST /wake_up")
+        self.sleeping = False
+        return web.Response(text="")
+
+    def __enter__(self) -> DocumentedVllmSleep:
+        self._thread.start()
+        assert self._started.wait(10), "the protocol server did not start"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def test_engine_sleep_for_vllm_sends_the_documented_sleep_and_wake_requests(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "vsleep")
+    create(
+        cluster,
+        namespace,
+        "v",
+        engine={"type": "vllm"},
+        wakeStrategy="engineSleep",
+        scaling={"minReplicas": 0, "maxReplicas": 1, "scaleDownDelay": "2s"},
+    )
+    ready = wait_status(cluster, namespace, "v", "Ready", phase_is("Ready"))
+    host, port = ready["backends"][0]["address"].rsplit(":", 1)
+    with DocumentedVllmSleep(host, int(port)) as engine:
+        asleep = wait_status(
+            cluster,
+            namespace,
+            "v",
+            "the replica asleep",
+            lambda s: bool(s.get("backends")) and s["backends"][0]["sleeping"] is True,
+        )
+        assert engine.calls == ["POST /sleep?level=1"]
+        assert asleep["phase"] == "Ready"
+        assert len(replica_pods(cluster, namespace, "v")) == 1  # it sleeps; it is not removed
+        wake = condition(asleep, "WakeStrategyAvailable")
+        assert wake["status"] == "True"
+
+        request_wake(cluster, namespace, "v")  # what the router writes, holding a request
+        awake = wait_status(
+            cluster,
+            namespace,
+            "v",
+            "the replica awake",
+            lambda s: bool(s.get("backends")) and s["backends"][0]["sleeping"] is False,
+        )
+        assert engine.calls == ["POST /sleep?level=1", "POST /wake_up"]
+        assert awake["backends"][0]["ready"] is True

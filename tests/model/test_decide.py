@@ -57,6 +57,7 @@ def observe(
     gpu_resources: tuple[str, ...] = (),
     sleep_needs_wake: bool = False,
     checkpoint: Checkpoint | None = None,
+    sleep_by_request: bool = False,
     **spec_fields: Any,
 ) -> model.Observed:
     return model.Observed(
@@ -72,6 +73,7 @@ def observe(
         gpu_resources=gpu_resources,
         sleep_needs_wake=sleep_needs_wake,
         checkpoint=checkpoint,
+        sleep_by_request=sleep_by_request,
     )
 
 
@@ -798,3 +800,53 @@ def test_a_wake_whose_waking_status_was_never_written_is_still_counted() -> None
     assert decision.usage.wake_count == 1
     assert decision.wake_latency_seconds == 3.0
     assert decision.clear_wake_request
+
+
+# --- engineSleep where the operator sends the sleep (vLLM, SGLang) -------------------------
+
+
+def vllm_sleeping(*replicas: Replica, **kw: Any) -> model.Decision:
+    return model.decide(
+        observe(
+            *replicas,
+            wakeStrategy="engineSleep",
+            engine={"type": "vllm"},
+            sleep_needs_wake=True,
+            sleep_by_request=True,
+            **kw,
+        )
+    )
+
+
+def test_an_idle_vllm_replica_is_put_to_sleep_after_scale_down_delay_not_removed() -> None:
+    awake = replica(asleep=False)
+    recent = Demand(last_request=NOW - timedelta(seconds=10))
+    waiting = vllm_sleeping(awake, demand=recent, previous=ready_previous(1))
+    assert waiting.sleep == ()
+    assert waiting.lower_demand_since == NOW
+    assert waiting.requeue_after == pytest.approx(model.ENGINE_SLEEP_POLL_SECONDS)
+
+    idle = Demand(last_request=NOW - timedelta(seconds=61))
+    previous = ready_previous(1, lower_demand_since=NOW - timedelta(seconds=61))
+    asleep = vllm_sleeping(awake, demand=idle, previous=previous)
+    assert asleep.sleep == (awake,)
+    assert asleep.delete == ()
+    assert asleep.desired == 1
+
+
+def test_a_sleeping_vllm_replica_stays_asleep_without_demand_and_is_kept_from_requests() -> None:
+    sleeping = replica(asleep=True)
+    decision = vllm_sleeping(sleeping, previous=ready_previous(1))
+    assert decision.sleep == ()
+    assert decision.wake == ()
+    assert decision.backends[0].sleeping is True
+
+
+@pytest.mark.parametrize(
+    "demand", [Demand(wake_requested_at=NOW), Demand(queued=1), Demand(in_flight=2)]
+)
+def test_demand_wakes_a_sleeping_vllm_replica(demand: Demand) -> None:
+    sleeping = replica(asleep=True)
+    decision = vllm_sleeping(sleeping, demand=demand, previous=ready_previous(1))
+    assert decision.wake == (sleeping,)
+    assert decision.sleep == ()

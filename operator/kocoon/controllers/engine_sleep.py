@@ -1,4 +1,5 @@
-"""Ask model engines whether they sleep (`engineSleep`), over their own HTTP API.
+"""Ask model engines whether they sleep, and put them to sleep or wake them (`engineSleep`),
+over their own HTTP API.
 
 The engine builder says how (`builders.engines.SleepProtocol`: llama-server's `GET /props`
 → `is_sleeping`, vLLM's `GET /is_sleeping`); this module sends that request to each ready
@@ -14,11 +15,13 @@ import logging
 
 import aiohttp
 
-from kocoon.builders.engines import SleepProtocol
+from kocoon.builders.engines import EngineRequest, SleepProtocol
 from kocoon.decide.model import Replica
 
 log = logging.getLogger(__name__)
 TIMEOUT = aiohttp.ClientTimeout(total=2)
+# Falling asleep offloads the weights (vLLM reports seconds for large models): wait longer.
+SEND_TIMEOUT = aiohttp.ClientTimeout(total=120)
 
 
 async def _asleep(
@@ -51,3 +54,24 @@ async def ask(replicas: tuple[Replica, ...], protocol: SleepProtocol) -> tuple[R
     return tuple(
         dataclasses.replace(r, asleep=found[r.name]) if r.name in found else r for r in replicas
     )
+
+
+async def send(replica: Replica, request: EngineRequest) -> bool:
+    """Send a sleep or wake request to a replica's engine; whether it answered 2xx."""
+    if not replica.address:
+        return False
+    url = f"http://{replica.address}{request.path}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=SEND_TIMEOUT) as session,
+            session.request(request.method, url, json=request.body) as response,
+        ):
+            if response.status < 300:
+                return True
+            log.warning(
+                "%s answered %s %s with %d", replica.name, request.method, request.path,
+                response.status,
+            )  # fmt: skip
+    except (aiohttp.ClientError, TimeoutError) as error:
+        log.warning("%s: %s %s failed: %s", replica.name, request.method, request.path, error)
+    return False

@@ -35,6 +35,7 @@ from kocoon.api.model import (
 from kocoon.builders import gpu, names
 from kocoon.builders import model as model_builder
 from kocoon.builders.context import Identity
+from kocoon.builders.engines import SleepProtocol
 from kocoon.controllers import common, engine_sleep, failpoints, metrics
 from kocoon.controllers import model_checkpoints as checkpoints
 from kocoon.controllers.checkpoints import (
@@ -73,6 +74,8 @@ LEASE_STORE = "Lease"
 TEMPLATE_HASH_ANNOTATION = "kocoon.io/template-hash"
 # On deployments with `wakeStrategy: checkpoint`: released only after their checkpoint is.
 FINALIZER = "kocoon.io/model-cleanup"
+# On a replica pod (`engineSleep`): whether the operator last put its engine to sleep.
+ENGINE_ASLEEP_ANNOTATION = "kocoon.io/engine-asleep"
 
 
 def _now() -> datetime:
@@ -148,6 +151,7 @@ def replica_view(pod: Mapping[str, Any]) -> decide.Replica | None:
         restored=restored,
         running=running,
         checkpoint_failed=CHECKPOINT_FAILED_ANNOTATION in annotations,
+        asleep={"true": True, "false": False}.get(annotations.get(ENGINE_ASLEEP_ANNOTATION, "")),
     )
 
 
@@ -359,10 +363,13 @@ class ModelController:
             checkpoint_unavailable=self._checkpoint_unavailable(spec),
             gpu_resources=tuple(gpu.extended_resources(spec.gpu, ctx.build)),
             sleep_needs_wake=protocol is not None and protocol.wake is not None,
+            sleep_by_request=protocol is not None and protocol.sleep is not None,
             checkpoint=status.checkpoint,
         )
         decision = decide.decide(observed)
         extra = await self._checkpoints(body, owner, status, decision, observed, pods)
+        if protocol is not None:
+            await self._sleep_and_wake(owner, decision, protocol)
         await self._act(owner, spec, decision, observed, lease, status)
         await self._write_status(body, owner, spec, status, decision, observed, (children, *extra))
         return Result(decision.requeue_after)
@@ -401,6 +408,31 @@ class ModelController:
                 resource_version=body["metadata"].get("resourceVersion"),
             )
             self.deployments.upsert(written)
+
+    async def _sleep_and_wake(
+        self, owner: Identity, decision: decide.Decision, protocol: SleepProtocol
+    ) -> None:
+        """Send the engines the decision's sleep and wake requests; what each engine answered
+        is kept on its pod (engines without a status query are known by it)."""
+        for replicas, request, asleep in (
+            (decision.sleep, protocol.sleep, True),
+            (decision.wake, protocol.wake, False),
+        ):
+            if request is None:
+                continue
+            for replica in replicas:
+                if await engine_sleep.send(replica, request):
+                    await client.merge_patch(
+                        self.ctx.api,
+                        POD,
+                        owner.namespace,
+                        replica.name,
+                        {
+                            "metadata": {
+                                "annotations": {ENGINE_ASLEEP_ANNOTATION: str(asleep).lower()}
+                            }
+                        },
+                    )
 
     def _checkpoint_unavailable(self, spec: ModelDeploymentSpec) -> str | None:
         """Why a checkpoint wake cannot work for these replicas (the rule admission applies,

@@ -155,6 +155,9 @@ class Observed:
     # `engineSleep`: whether a sleeping engine needs an explicit wake (vLLM, SGLang) or wakes
     # by itself on the next request (llama-server). Only the first kind is kept from requests.
     sleep_needs_wake: bool = False
+    # `engineSleep`: whether the operator puts the engine to sleep by a request (vLLM, SGLang)
+    # rather than the engine falling asleep by itself when idle (llama-server).
+    sleep_by_request: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,9 @@ class Decision:
     restore: Replica | None = None
     restore_into: tuple[int, ...] = ()
     release_checkpoint: bool = False
+    # `engineSleep` by request: put these replicas' engines to sleep, wake these.
+    sleep: tuple[Replica, ...] = ()
+    wake: tuple[Replica, ...] = ()
 
 
 # --- demand and the built-in autoscaler --------------------------------------------------------
@@ -387,6 +393,11 @@ def decide(observed: Observed) -> Decision:
     phase = _phase(observed, desired, staying, ready)
     conditions = _conditions(observed, phase, desired, staying, ready, scale)
     wake_latency, wake_count = _wake_ended(observed, ready)
+    to_sleep, to_wake, sleep_scale = _sleep_plan(observed, ready)
+    if sleep_scale is not None and scale.lower_demand_since is None:
+        scale = replace(
+            scale, lower_demand_since=sleep_scale.lower_demand_since, due=sleep_scale.due
+        )
     billed = sum(1 for r in staying if r.address)
     usage, usage_changed = account(observed, phase, billed)
     usage = replace(usage, wake_count=wake_count)
@@ -417,7 +428,29 @@ def decide(observed: Observed) -> Decision:
         restore=restore,
         restore_into=restore_into,
         release_checkpoint=release,
+        sleep=to_sleep,
+        wake=to_wake,
     )
+
+
+def _sleep_plan(
+    observed: Observed, ready: list[Replica]
+) -> tuple[tuple[Replica, ...], tuple[Replica, ...], Scale | None]:
+    """`engineSleep` where the operator sends the sleep: the replicas stay (at least one) and
+    their engines sleep once demand has been gone for `scaleDownDelay` — when the deployment
+    would otherwise scale to zero — and wake as soon as demand returns (a request held by the
+    router, or in flight). Returns (to sleep, to wake, the scale-down the sleep waits for)."""
+    spec = observed.spec
+    if spec.wake_strategy != "engineSleep" or not observed.sleep_by_request:
+        return (), (), None
+    unfloored = replace(observed, spec=spec.model_copy(update={"wake_strategy": "coldStart"}))
+    if wanted_now(unfloored) > 0:
+        return (), tuple(r for r in ready if r.asleep), None
+    plan = desired_replicas(unfloored)
+    all_asleep = bool(ready) and all(r.asleep for r in ready)
+    if plan.desired == 0 or all_asleep:
+        return tuple(r for r in ready if r.asleep is not True), (), None
+    return (), (), plan
 
 
 def _wake_ended(observed: Observed, ready: list[Replica]) -> tuple[float | None, int]:
@@ -595,13 +628,21 @@ def wake_strategy_condition(observed: Observed) -> ConditionUpdate:
     strategy = spec.wake_strategy
     kind = ConditionType.WAKE_STRATEGY_AVAILABLE
     if strategy == "engineSleep":
+        asked = [
+            r for r in observed.replicas if r.ready and not r.deleting and r.asleep is not None
+        ]
+        now = ""
+        if asked:
+            now = f"; now {sum(1 for r in asked if r.asleep)} of {len(asked)} asleep"
+        if observed.sleep_by_request:
+            return ConditionUpdate(
+                kind,
+                True,
+                Reason.WAKE_STRATEGY_SUPPORTED,
+                f"engineSleep: replicas stay; the operator puts {spec.engine.type} to sleep after"
+                f" scaleDownDelay without requests and wakes it when demand returns{now}",
+            )
         if spec.engine.type == "llamacpp":
-            asked = [
-                r for r in observed.replicas if r.ready and not r.deleting and r.asleep is not None
-            ]
-            now = ""
-            if asked:
-                now = f"; now {sum(1 for r in asked if r.asleep)} of {len(asked)} asleep"
             return ConditionUpdate(
                 kind,
                 True,
