@@ -424,12 +424,22 @@ def test_max_lifetime_expires_within_a_second_of_being_due(
     running = wait_session(cluster, namespace, "s", "Running")
     due = datetime.fromisoformat(running["status"]["startTime"].replace("Z", "+00:00")).timestamp()
     due += 3
-    expired = wait_session(cluster, namespace, "s", "Expired", timeout=20)
-    # The Expired condition's transition time is when the operator acted (whole seconds).
-    at = conditions(expired)["Expired"]["lastTransitionTime"]
-    acted = datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
-    assert due <= acted + 1  # not before it is due (the stamp drops the fraction)
-    assert acted - due <= 1.0, f"expired {acted - due:.1f} s after it was due"
+    # Watched as closely as kubectl allows: it expired before the look that first saw it
+    # returned, and within the second its Expired condition's transition time names.
+    deadline = time.time() + 20
+    while True:
+        found = session(cluster, namespace, "s")
+        seen = time.time()
+        if found["status"].get("phase") == "Expired":
+            break
+        assert seen < deadline, "the session did not expire"
+        time.sleep(0.05)
+    at = conditions(found)["Expired"]["lastTransitionTime"]
+    stamp = datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+    assert stamp + 1 > due  # not before it was due
+    latest = min(seen, stamp + 1)
+    print(f"maxLifetime 3 s: expired at most {latest - due:.2f} s after it was due")
+    assert latest - due <= 1.0, f"expired up to {latest - due:.2f} s after it was due"
 
 
 def test_a_model_the_session_names_must_exist(cluster: Cluster, operator: OperatorProcess) -> None:
