@@ -421,7 +421,7 @@ def test_max_lifetime_expires_within_a_second_of_being_due(
 ) -> None:
     namespace = new_namespace(cluster, "sdue")
     create(cluster, namespace, "s", maxLifetime="3s")
-    running = wait_session(cluster, namespace, "s", "Running")
+    running = wait_session(cluster, namespace, "s", "Running", timeout=90)
     due = datetime.fromisoformat(running["status"]["startTime"].replace("Z", "+00:00")).timestamp()
     due += 3
     # Watched as closely as kubectl allows: it expired before the look that first saw it
