@@ -100,6 +100,20 @@ def events_of(cluster: Cluster, namespace: str, name: str) -> list[str]:
     return [event["reason"] for event in json.loads(out)["items"]]
 
 
+def expire_in(
+    cluster: Cluster, namespace: str, running: dict[str, Any], seconds: int
+) -> tuple[int, float]:
+    """Give a Running session a maxLifetime ending `seconds` (to `seconds` + 1) from now;
+    (the lifetime, when it is due). Set once Running: a session that never ran counts its
+    lifetime from creation, and starting may take longer than that on a busy machine."""
+    start = datetime.fromisoformat(running["status"]["startTime"].replace("Z", "+00:00"))
+    lifetime = int(time.time() - start.timestamp()) + seconds + 1
+    name = running["metadata"]["name"]
+    patch = json.dumps({"spec": {"maxLifetime": f"{lifetime}s"}})
+    cluster.kubectl("patch", "agentsession", name, "-n", namespace, "--type=merge", "-p", patch)
+    return lifetime, start.timestamp() + lifetime
+
+
 def test_a_session_creates_its_sandbox_token_and_route(
     cluster: Cluster, operator: OperatorProcess
 ) -> None:
@@ -258,8 +272,8 @@ def test_max_lifetime_expires_the_session_and_usage_survives_its_sandbox(
     cluster: Cluster, operator: OperatorProcess
 ) -> None:
     namespace = new_namespace(cluster, "sexp")
-    create(cluster, namespace, "s", maxLifetime="6s")
-    wait_session(cluster, namespace, "s", "Running")
+    create(cluster, namespace, "s")
+    expire_in(cluster, namespace, wait_session(cluster, namespace, "s", "Running", 60), 6)
     expired = wait_session(cluster, namespace, "s", "Expired", timeout=40)
     assert conditions(expired)["Expired"]["reason"] == "MaxLifetimeReached"
     wait_for("the Sandbox to go", lambda: get(cluster, "sandbox", namespace, "s") is None)
@@ -277,8 +291,8 @@ def test_an_expired_session_keeps_its_state_for_retention(
     cluster: Cluster, operator: OperatorProcess
 ) -> None:
     namespace = new_namespace(cluster, "sret")
-    create(cluster, namespace, "s", maxLifetime="4s", retention="8s")
-    wait_session(cluster, namespace, "s", "Running")
+    create(cluster, namespace, "s", retention="8s")
+    expire_in(cluster, namespace, wait_session(cluster, namespace, "s", "Running", 60), 4)
     wait_session(cluster, namespace, "s", "Expired", timeout=40)
     wait_for(
         "the Sandbox to hibernate", lambda: sandbox_phase(cluster, namespace, "s") == "Hibernated"
@@ -422,21 +436,7 @@ def test_max_lifetime_expires_within_a_second_of_being_due(
     namespace = new_namespace(cluster, "sdue")
     create(cluster, namespace, "s")
     running = wait_session(cluster, namespace, "s", "Running", timeout=60)
-    # A lifetime ending about 3 s from now (set once Running: a session that never ran counts
-    # its lifetime from creation, and starting may take longer than that on a busy machine).
-    start = datetime.fromisoformat(running["status"]["startTime"].replace("Z", "+00:00"))
-    lifetime = int(time.time() - start.timestamp()) + 4
-    due = start.timestamp() + lifetime
-    cluster.kubectl(
-        "patch",
-        "agentsession",
-        "s",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"maxLifetime": f"{lifetime}s"}}),
-    )
+    lifetime, due = expire_in(cluster, namespace, running, 3)
     # Watched as closely as kubectl allows: it expired before the look that first saw it
     # returned, and within the second its Expired condition's transition time names.
     deadline = time.time() + 20
