@@ -570,3 +570,30 @@ def test_engine_sleep_for_vllm_sends_the_documented_sleep_and_wake_requests(
         )
         assert engine.calls == ["POST /sleep?level=1", "POST /wake_up"]
         assert awake["backends"][0]["ready"] is True
+
+
+def test_a_source_the_engine_cannot_load_is_failed_naming_the_field_until_fixed(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "src")
+    # llama-server's image has no huggingface_hub to download an hf:// source with.
+    create(
+        cluster,
+        namespace,
+        "h",
+        model={"uri": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+        engine={"type": "llamacpp"},
+    )
+    failed = wait_status(cluster, namespace, "h", "Failed", phase_is("Failed"))
+    source = condition(failed, "ModelSourceReady")
+    assert (source["status"], source["reason"]) == ("False", "ModelSourceInvalid")
+    assert source["message"].startswith("model.uri:")
+    assert replica_pods(cluster, namespace, "h") == []
+
+    # The fix the message names: an engine image of the user's that has huggingface_hub.
+    cluster.kubectl(
+        "patch", KIND, "h", "-n", namespace, "--type=merge", "-p",
+        json.dumps({"spec": {"engine": {"image": "llama-server-with-hf:1"}}}),
+    )  # fmt: skip
+    fixed = wait_status(cluster, namespace, "h", "ScaledToZero", phase_is("ScaledToZero"))
+    assert condition(fixed, "ModelSourceReady")["status"] == "True"

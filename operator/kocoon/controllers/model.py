@@ -294,9 +294,9 @@ class ModelController:
             return Result()
         owner = identity(body)
         status = ModelDeploymentStatus.model_validate(body.get("status") or {})
+        node = status.checkpoint.node if status.checkpoint else None
         try:
             await checkpoints.release(self.ctx, owner, status)
-            node = status.checkpoint.node if status.checkpoint else None
             with contextlib.suppress(CheckpointUnavailable):
                 await self.ctx.checkpointer.forget(
                     owner.namespace, checkpoints.agent_name(owner), node
@@ -371,7 +371,15 @@ class ModelController:
         if protocol is not None:
             await self._sleep_and_wake(owner, decision, protocol)
         await self._act(owner, spec, decision, observed, lease, status)
-        await self._write_status(body, owner, spec, status, decision, observed, (children, *extra))
+        source = ConditionUpdate(
+            ConditionType.MODEL_SOURCE_READY,
+            True,
+            Reason.MODEL_SOURCE_VALID,
+            f"{spec.model.scheme}:// source, loaded from {model_builder.model_path(spec)}",
+        )
+        await self._write_status(
+            body, owner, spec, status, decision, observed, (children, source, *extra)
+        )
         return Result(decision.requeue_after)
 
     async def _source_unusable(
