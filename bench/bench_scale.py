@@ -43,6 +43,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -297,6 +298,25 @@ def parse_metric(text: str, name: str) -> list[tuple[dict[str, str], float]]:
     return samples
 
 
+def webhook_means(before: str, after: str) -> dict[str, float]:
+    """Mean admission-webhook latency (ms) per webhook between two metric scrapes."""
+    name = "apiserver_admission_webhook_admission_duration_seconds"
+
+    def sums(text: str, suffix: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for labels, value in parse_metric(text, name + suffix):
+            out[labels.get("name", "")] = out.get(labels.get("name", ""), 0.0) + value
+        return out
+
+    s0, s1 = sums(before, "_sum"), sums(after, "_sum")
+    c0, c1 = sums(before, "_count"), sums(after, "_count")
+    return {
+        hook: round((s1[hook] - s0.get(hook, 0.0)) * 1000 / (c1[hook] - c0.get(hook, 0.0)), 1)
+        for hook in s1
+        if c1.get(hook, 0.0) > c0.get(hook, 0.0)
+    }
+
+
 def flow_schema_name(controller: str) -> str:
     return f"bench-{controller}"
 
@@ -521,12 +541,14 @@ class Figures:
     ready_seconds: float = 0.0
     pods_running_seconds: float = 0.0
     sandboxes_ready_seconds: float = 0.0
+    sandboxes_gone_seconds: float = 0.0
     delete_seconds: float = 0.0
     rss_idle_mib: float = 0.0
     rss_ready_mib: float = 0.0
     rss_after_delete_mib: float = 0.0
     rss_peak_mib: float = 0.0
     cpu_to_ready_s: float = 0.0
+    cpu_delete_s: float = 0.0
     cpu_rest_per_min_s: float = 0.0
     cpu_after_delete_per_min_s: float = 0.0
     requests_to_ready: int = 0
@@ -536,6 +558,7 @@ class Figures:
     requests_per_min_after_delete: float = 0.0
     requests_per_min_before: float = 0.0
     create_errors: dict[str, int] = field(default_factory=dict)
+    webhook_ms_while_creating: dict[str, float] = field(default_factory=dict)
     busiest_rest: list[str] = field(default_factory=list)
     busiest_after_delete: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -656,6 +679,7 @@ async def measure(
         figures.ready_seconds = round(max(done.values()), 2)
         metrics1 = await kube.metrics()
         figures.cpu_to_ready_s = round(cpu_seconds(pid) - cpu0, 1)
+        figures.webhook_ms_while_creating = webhook_means(metrics0, metrics1)
         figures.requests_to_ready = int(
             dispatched(metrics1, controller.name) - dispatched(metrics0, controller.name)
         )
@@ -670,6 +694,7 @@ async def measure(
         log(f"{controller.name}: at rest {per_min:.0f} requests/min, {cpu:.1f} CPU s/min")
 
         metrics2 = await kube.metrics()
+        cpu0 = cpu_seconds(pid)
         started = time.monotonic()
         status, answer = await kube.request("DELETE", path)
         if status != 200:
@@ -677,8 +702,10 @@ async def measure(
         await sandboxes.wait(
             f"{controller.name}: Sandboxes deleted", lambda: sandboxes.total == 0, timeout
         )
+        figures.sandboxes_gone_seconds = round(time.monotonic() - started, 2)
         await pods.wait(f"{controller.name}: pods deleted", lambda: pods.total == 0, timeout)
         figures.delete_seconds = round(time.monotonic() - started, 2)
+        figures.cpu_delete_s = round(cpu_seconds(pid) - cpu0, 1)
         metrics3 = await kube.metrics()
         figures.requests_delete = int(
             dispatched(metrics3, controller.name) - dispatched(metrics2, controller.name)
@@ -713,12 +740,14 @@ ROWS: list[tuple[str, str, str]] = [
     ("all pods Running (s)", "pods_running_seconds", "time"),
     ("all Sandboxes Ready (s)", "sandboxes_ready_seconds", "time"),
     ("to Ready, both (s)", "ready_seconds", "time"),
-    ("delete all (s)", "delete_seconds", "time"),
+    ("delete: Sandboxes gone (s)", "sandboxes_gone_seconds", "time"),
+    ("delete: Sandboxes and pods gone (s)", "delete_seconds", "time"),
     ("RSS idle (MiB)", "rss_idle_mib", "size"),
     ("RSS at Ready (MiB)", "rss_ready_mib", "size"),
     ("RSS peak (MiB)", "rss_peak_mib", "size"),
     ("RSS after deletion (MiB)", "rss_after_delete_mib", "size"),
     ("CPU to Ready (s)", "cpu_to_ready_s", "size"),
+    ("CPU to delete (s)", "cpu_delete_s", "size"),
     ("API requests to Ready", "requests_to_ready", "size"),
     ("API requests to delete", "requests_delete", "size"),
     ("API requests per object", "requests_per_object", "size"),
@@ -750,7 +779,8 @@ def report(results: dict[str, Figures]) -> str:
                 f" {k.rss_peak_mib / p.rss_peak_mib:.2f}x (goal ≤ 2)"
             )
     for name, figures in results.items():
-        for key in ("create_errors", "busiest_rest", "busiest_after_delete", "notes"):
+        keys = ("create_errors", "webhook_ms_while_creating", "busiest_rest")
+        for key in (*keys, "busiest_after_delete", "notes"):
             value = getattr(figures, key)
             if value:
                 lines.append(f"{name} {key}: {value}")
@@ -765,6 +795,8 @@ async def run(args: argparse.Namespace) -> int:
     name = f"bench-scale-{os.getpid()}"
     node_count = math.ceil(args.count * 1.1 / PODS_PER_NODE)
     results: dict[str, Figures] = {}
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    RESULTS.mkdir(exist_ok=True)
     log(f"starting local cluster {name}")
     cluster = up(name, nodes_spec=(nodes.NodeSpec("kwok-system-0", "system", dict(nodes.BASE)),))
     scratch = Path(tempfile.mkdtemp(prefix="bench-scale-"))
@@ -802,6 +834,9 @@ async def run(args: argparse.Namespace) -> int:
                 if controller.name in results:
                     print(json.dumps(results[controller.name].__dict__), flush=True)
     finally:
+        # The controllers' and the cluster's logs stay beside the results.
+        logs = RESULTS / f"scale-{args.count}-{stamp}-logs"
+        shutil.copytree(Path(cluster.state.directory) / "logs", logs, dirs_exist_ok=True)
         if args.keep:
             log(f"cluster {name} kept: kocoon dev --name {name} down")
         else:
@@ -809,7 +844,7 @@ async def run(args: argparse.Namespace) -> int:
     text = report(results)
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"scale-{args.count}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out = RESULTS / f"scale-{args.count}-{stamp}.json"
     out.write_text(
         json.dumps(
             {
