@@ -135,11 +135,17 @@ def _http_probe(path: str, period: int, failures: int, timeout: int = 5) -> dict
 
 
 def _probes(settings: BuildSettings, health: str = HEALTH_PATH) -> dict[str, Any]:
-    """Startup (loading the weights may take long), readiness and liveness on `health`."""
-    startup_period = 5
+    """Startup (loading the weights may take long), readiness and liveness on `health`.
+
+    The startup probe asks every second: a replica waking from zero is held back by nothing
+    but this probe once the engine answers, and asking `/health` is cheap for every engine."""
+    startup_period = 1
     return {
         "startupProbe": _http_probe(
-            health, startup_period, max(1, math.ceil(settings.engine_startup_seconds / 5))
+            health,
+            startup_period,
+            max(1, math.ceil(settings.engine_startup_seconds / startup_period)),
+            timeout=1,
         ),
         "readinessProbe": _http_probe(health, 5, 2),
         "livenessProbe": _http_probe(health, 10, 6),
