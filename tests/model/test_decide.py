@@ -266,6 +266,7 @@ def test_scale_down_waits_for_scale_down_delay_of_lower_demand() -> None:
     down = model.decide(observe(*two, demand=quiet, previous=previous, now=due, scaling=SCALING))
     assert down.desired == 1
     assert [r.name for r in down.delete] == ["kocoon-model-m-1"]  # the highest index goes
+    assert model.deletion_grace_seconds(down) is None  # drained: the other replica serves on
     assert down.backends == (model.Backend("kocoon-model-m-0", "127.1.1.1:8000", True),)
     assert down.lower_demand_since is None
 
@@ -295,6 +296,8 @@ def test_scale_to_zero_counts_the_delay_from_the_last_request() -> None:
     assert [r.name for r in gone.delete] == ["kocoon-model-m-0"]
     assert gone.backends == ()
     assert gone.reason is Reason.SCALED_TO_ZERO
+    # Nothing is in flight at zero: the replica goes without the engine's drain.
+    assert model.deletion_grace_seconds(gone) == model.SCALE_TO_ZERO_GRACE_SECONDS
 
 
 def test_spec_replicas_is_obeyed_over_demand() -> None:

@@ -573,9 +573,15 @@ class ModelController:
         status: ModelDeploymentStatus,
     ) -> None:
         api = self.ctx.api
+        grace = decide.deletion_grace_seconds(decision)
         for replica in decision.delete:
             await client.delete(
-                api, POD, owner.namespace, replica.name, preconditions_uid=replica.uid
+                api,
+                POD,
+                owner.namespace,
+                replica.name,
+                preconditions_uid=replica.uid,
+                grace_period_seconds=grace,
             )
             failpoints.hit("model:after-delete")
         for index in decision.create:

@@ -208,6 +208,17 @@ class Decision:
     wake: tuple[Replica, ...] = ()
 
 
+# Replicas leaving for zero go at once: the engine's drain (a pause before SIGTERM, so the
+# router drops the replica first) protects requests in flight, and at zero there are none —
+# while a fixed-name replica still terminating would hold back the next wake.
+SCALE_TO_ZERO_GRACE_SECONDS = 1
+
+
+def deletion_grace_seconds(decision: Decision) -> int | None:
+    """The grace period to delete `decision.delete` with; None keeps the pod's own."""
+    return SCALE_TO_ZERO_GRACE_SECONDS if decision.desired == 0 else None
+
+
 # --- demand and the built-in autoscaler --------------------------------------------------------
 
 

@@ -122,11 +122,14 @@ async def delete(
     *,
     propagation: str = "Background",
     preconditions_uid: str | None = None,
+    grace_period_seconds: int | None = None,
 ) -> bool:
     """Delete an object; False if it was already gone."""
     body: dict[str, Any] = {"propagationPolicy": propagation}
     if preconditions_uid:
         body["preconditions"] = {"uid": preconditions_uid}
+    if grace_period_seconds is not None:
+        body["gracePeriodSeconds"] = grace_period_seconds
     try:
         await request(api, "DELETE", kind.path(namespace, name), body=body)
     except ApiError as error:
