@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             " as root: the session runs as root, with pod hardening off"
         )
         operator_env["KOCOON_POD_HARDENING"] = "false"
+    if real:
+        # Model replicas reach the real node through its RuntimeClass (as a node pool would).
+        operator_env.update(realnode.operator_config_env())
+        handle.apply(realnode.runtime_class())
     stack.start_operator(handle, env=operator_env)
     _, router = stack.start_router(handle)
     if not real:

@@ -27,7 +27,10 @@ from kocoon.devcluster.console import step, wait
 NAME = "smollm2"
 API_KEY_SECRET = "dev-api-key"
 SCALE_DOWN_DELAY_SECONDS = 10
-WAKE_STRATEGY = "coldStart"
+# The first wake starts the engine cold; before scaling to zero the loaded engine is
+# checkpointed, and the next wake restores it (cold again, with the reason in a condition, where
+# the node cannot checkpoint it).
+WAKE_STRATEGY = "checkpoint"
 PROMPT: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "What is the capital of France? Answer in one word."}
 ]
@@ -110,8 +113,20 @@ def run(handle: Cluster, router: str, namespace: str) -> bool:
         f" minReplicas 0, scaleDownDelay {SCALE_DOWN_DELAY_SECONDS}s, wakeStrategy {WAKE_STRATEGY}"
     )
     key = dev_api_key(handle)
-    handle.apply(realnode.runtime_class(), api_key_secret(namespace, key))
-    handle.kubectl("apply", "-f", "-", input=json.dumps(model_deployment(namespace)))
+    handle.apply(api_key_secret(namespace, key))
+    manifest = json.dumps(model_deployment(namespace))
+    refused: list[str] = []
+
+    def accepted() -> bool:
+        out = handle.kubectl("apply", "-f", "-", input=manifest, check=False)
+        refused[:] = [out.stderr.strip()]
+        return out.returncode == 0
+
+    try:  # the admission webhook may still be learning the cluster's RuntimeClasses
+        wait("the ModelDeployment to be accepted", accepted, timeout=30)
+    except TimeoutError:
+        print(f"    refused: {refused[0]}")
+        raise
 
     def status() -> dict[str, Any]:
         out = handle.kubectl("get", "modeldeployment", NAME, "-n", namespace, "-o", "json")
@@ -140,7 +155,9 @@ def run(handle: Cluster, router: str, namespace: str) -> bool:
             lambda: status().get("phase") == "ScaledToZero",
             timeout=SCALE_DOWN_DELAY_SECONDS + 90,
         )
-        print(f"    idle → ScaledToZero after {time.monotonic() - began:.1f} s")
+        checkpoint = status().get("checkpoint") or {}
+        kept = f"; checkpoint {checkpoint['id']} kept" if checkpoint.get("id") else ""
+        print(f"    idle → ScaledToZero after {time.monotonic() - began:.1f} s{kept}")
     print(f"    usage: {json.dumps(status().get('usage', {}))}")
     print(
         '    try it: eval "$(.venv/bin/kocoon dev env)"; curl -s "$OPENAI_BASE_URL/models"'

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from kocoon.agent.criu import find_criu
+from kocoon.config import OperatorConfig
 from kocoon.devcluster import binaries, images, pki, processes
 
 if TYPE_CHECKING:
@@ -326,6 +327,18 @@ def counter_sandbox_template(*, as_root: bool) -> dict[str, Any]:
 # builds without a template of node selectors (ModelDeployment replicas) name it, the way a
 # cluster's dedicated node pool is chosen.
 RUNTIME_CLASS = "kocoon-real-node-runc"
+
+
+def operator_config_env() -> dict[str, str]:
+    """Operator configuration overrides that offer `kocoon-real-node-runc` next to the default
+    runtime classes, as a runc class whose pods can be checkpointed with their memory."""
+    defaults = OperatorConfig()
+    return {
+        "KOCOON_RUNTIME_CLASSES": json.dumps([*defaults.runtime_classes, RUNTIME_CLASS]),
+        "KOCOON_MEMORY_CHECKPOINT_RUNTIME_CLASSES": json.dumps(
+            [*defaults.memory_checkpoint_runtime_classes, RUNTIME_CLASS]
+        ),
+    }
 
 
 def runtime_class() -> dict[str, Any]:
