@@ -23,11 +23,16 @@ from pydantic import ValidationError
 from kocoon.api import API_VERSION
 from kocoon.api.model import ModelDeploymentSpec
 from kocoon.api.sandbox import SandboxSpec
-from kocoon.config import OperatorConfig
+from kocoon.config import OperatorConfig, load_config
+from kocoon.devcluster import realnode
 from kocoon.webhooks import admission as decisions
 from kocoon.webhooks.manifests import registered, webhook_entries
 from kocoon.webhooks.run import serve_admission
 from kocoon.webhooks.server import WebhookServing
+
+# The operator's configuration in the dev cluster: the defaults, and the real node's
+# RuntimeClass offered (with memory checkpoints), as `make dev` starts it.
+DEV_CONFIG = load_config(environ=realnode.operator_config_env())
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +66,8 @@ def admission(kube: Any) -> Iterator[Any]:
     """The admission webhooks, served from this process over TLS on loopback."""
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kube.kubeconfig)
+    # The dev cluster's RuntimeClass for the real node, which the CPU model example names.
+    kube.kubectl("apply", "-f", "-", input=json.dumps(realnode.runtime_class()))
     stop = threading.Event()
     serving = WebhookServing(addr="127.0.0.1", port=_free_port(), host="127.0.0.1")
     errors: list[BaseException] = []
@@ -71,7 +78,7 @@ def admission(kube: Any) -> Iterator[Any]:
         try:
             asyncio.run(
                 serve_admission(
-                    OperatorConfig(), serving, configuration_name=CONFIGURATION, stop_flag=stop
+                    DEV_CONFIG, serving, configuration_name=CONFIGURATION, stop_flag=stop
                 )
             )
         except BaseException as error:  # reported by the fixture, not lost in the thread

@@ -17,48 +17,33 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import yaml
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from kocoon import contract
-from kocoon.devcluster import engines, images, realnode
+from kocoon.api.common import Duration
+from kocoon.devcluster import engines
 from kocoon.devcluster.cluster import DEV_API_KEY_FILE, Cluster
 from kocoon.devcluster.console import step, wait
 
+# The model is the example's, so the example does what its comments say on this cluster.
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "cpu-model-scale-to-zero.yaml"
 NAME = "smollm2"
 API_KEY_SECRET = "dev-api-key"
-SCALE_DOWN_DELAY_SECONDS = 10
-# The first wake starts the engine cold; before scaling to zero the loaded engine is
-# checkpointed, and the next wake restores it (cold again, with the reason in a condition, where
-# the node cannot checkpoint it).
-WAKE_STRATEGY = "checkpoint"
 PROMPT: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "What is the capital of France? Answer in one word."}
 ]
 
 
 def model_deployment(namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": contract.API_VERSION,
-        "kind": "ModelDeployment",
-        "metadata": {"name": NAME, "namespace": namespace},
-        "spec": {
-            "model": {
-                "uri": f"oci://{images.reference(images.SMOLLM2)}",
-                "path": f"models/{engines.SMOLLM2_FILE}",
-            },
-            "engine": {"type": "llamacpp", "image": images.reference(images.LLAMACPP)},
-            "runtimeClassName": realnode.RUNTIME_CLASS,
-            "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}},
-            "scaling": {
-                "minReplicas": 0,
-                "maxReplicas": 1,
-                "targetConcurrency": 4,
-                "scaleDownDelay": f"{SCALE_DOWN_DELAY_SECONDS}s",
-            },
-            "wakeStrategy": WAKE_STRATEGY,
-            "route": {"servedModelName": NAME},
-        },
-    }
+    """The example `examples/cpu-model-scale-to-zero.yaml`, as it is, in `namespace`."""
+    manifest: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    manifest["metadata"]["namespace"] = namespace
+    return manifest
+
+
+def scale_down_delay_seconds(manifest: dict[str, Any]) -> float:
+    return Duration.parse(manifest["spec"]["scaling"]["scaleDownDelay"]).total_seconds()
 
 
 def api_key_secret(namespace: str, key: str) -> dict[str, Any]:
@@ -108,13 +93,17 @@ def run(handle: Cluster, router: str, namespace: str) -> bool:
     if not engines.installed():
         print(f"    skipped: the CPU engine is not installed ({engines.SETUP_HINT})")
         return False
+    model = model_deployment(namespace)
+    spec = model["spec"]
+    delay = scale_down_delay_seconds(model)
     step(
-        f"creating ModelDeployment {namespace}/{NAME}: llama.cpp on CPU, SmolLM2-135M,"
-        f" minReplicas 0, scaleDownDelay {SCALE_DOWN_DELAY_SECONDS}s, wakeStrategy {WAKE_STRATEGY}"
+        f"creating ModelDeployment {namespace}/{NAME} from {EXAMPLE.name}: llama.cpp on CPU,"
+        f" SmolLM2-135M, minReplicas {spec['scaling']['minReplicas']}, scaleDownDelay {delay:.0f}s,"
+        f" wakeStrategy {spec['wakeStrategy']}"
     )
     key = dev_api_key(handle)
     handle.apply(api_key_secret(namespace, key))
-    manifest = json.dumps(model_deployment(namespace))
+    manifest = json.dumps(model)
     refused: list[str] = []
 
     def accepted() -> bool:
@@ -153,7 +142,7 @@ def run(handle: Cluster, router: str, namespace: str) -> bool:
         wait(
             "ScaledToZero when idle",
             lambda: status().get("phase") == "ScaledToZero",
-            timeout=SCALE_DOWN_DELAY_SECONDS + 90,
+            timeout=delay + 90,
         )
         checkpoint = status().get("checkpoint") or {}
         kept = f"; checkpoint {checkpoint['id']} kept" if checkpoint.get("id") else ""
