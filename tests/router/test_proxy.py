@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import itertools
 import os
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -437,3 +438,150 @@ async def test_failed_or_terminating_targets_are_answered_at_once_not_held(
         assert phase in (await response.json())["error"]
     assert asyncio.get_running_loop().time() - started < 1  # the wake timeout is 5 s
     assert router.control.requests == []
+
+
+# --- a backend that closes its keep-alive connections -----------------------------------------
+
+
+class KeepAliveCloser:
+    """A real HTTP/1.1 server that answers the first request of each connection with
+    keep-alive, and closes the connection when the next one arrives on it, unanswered (an
+    idle timeout crossing the request; `reset` closes with a TCP reset instead of a FIN)."""
+
+    def __init__(self, *, reset: bool = False) -> None:
+        self.reset = reset
+        self.answered: list[tuple[str, bytes, dict[str, str]]] = []  # (request line, body, headers)
+        self.dropped: list[str] = []
+        self.connections = 0
+        self.host = "127.0.0.4"
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def backend(self) -> Backend:
+        return Backend(self.host, self.port)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import socket
+        import struct
+
+        self.connections += 1
+        try:
+            for served in itertools.count():
+                head = await reader.readuntil(b"\r\n\r\n")
+                line, *fields = head.decode().split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in
+                           (f.partition(":") for f in fields if f)}  # fmt: skip
+                if served:
+                    self.dropped.append(line)
+                    if self.reset:
+                        sock = writer.get_extra_info("socket")
+                        linger = struct.pack("ii", 1, 0)  # close with a reset
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                    writer.close()
+                    return
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                self.answered.append((line, body, headers))
+                payload = f"answer {len(self.answered)}".encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Type: text/plain\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@pytest.fixture
+async def closer(request: pytest.FixtureRequest) -> AsyncIterator[KeepAliveCloser]:
+    server = KeepAliveCloser(reset=getattr(request, "param", "fin") == "reset")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def target_url(router: RunningRouter, kind: TargetKind, rest: str = "echo") -> str:
+    if kind is TargetKind.SESSION:
+        return session_url(router, "alpha", rest)
+    return f"{router.url}/sandboxes/{NAMESPACE}/alpha-sbx/{rest}"  # add_session's Sandbox
+
+
+@pytest.mark.parametrize("closer", ["fin", "reset"], indirect=True)
+@pytest.mark.parametrize("kind", [TargetKind.SESSION, TargetKind.SANDBOX])
+async def test_a_pooled_connection_the_backend_closed_is_resent_on_a_new_one(
+    router: RunningRouter, closer: KeepAliveCloser, http: aiohttp.ClientSession, kind: TargetKind
+) -> None:
+    add_session(router.table, "alpha", closer.backend, TOKEN)
+    answers = []
+    for i in range(3):
+        async with http.get(target_url(router, kind, f"read/{i}"), headers=bearer(TOKEN)) as r:
+            assert r.status == 200, await r.text()
+            answers.append(await r.text())
+    # the 2nd request met the connection pooled after the 1st answer, closed, and was resent
+    # once on a new connection, which was not pooled: the 3rd opened one more
+    assert closer.dropped == ["GET /read/1 HTTP/1.1"]
+    assert [line for line, _, _ in closer.answered] == [
+        "GET /read/0 HTTP/1.1", "GET /read/1 HTTP/1.1", "GET /read/2 HTTP/1.1",
+    ]  # fmt: skip
+    assert closer.connections == 3
+    assert answers == ["answer 1", "answer 2", "answer 3"]
+    # the resent request is the same request (headers as forwarded, no token), on a
+    # connection of its own
+    first, resent = closer.answered[0][2], closer.answered[1][2]
+    assert "authorization" not in resent
+    assert resent.get("connection") == "close"
+    hop = {"host", "connection"}
+    assert {k: v for k, v in resent.items() if k not in hop} == {
+        k: v for k, v in first.items() if k not in hop
+    }
+
+
+async def test_a_buffered_body_with_an_idempotent_method_or_key_is_resent_a_post_is_not(
+    router: RunningRouter, closer: KeepAliveCloser, http: aiohttp.ClientSession
+) -> None:
+    add_session(router.table, "alpha", closer.backend, TOKEN)
+    url = session_url(router, "alpha", "item")
+
+    async def send(method: str, body: bytes, **headers: str) -> int:
+        async with http.request(method, url, data=body, headers=bearer(TOKEN) | headers) as r:
+            await r.read()
+            return r.status
+
+    assert await send("GET", b"") == 200  # leaves a pooled connection the backend will close
+    assert await send("PUT", b"x" * 1000) == 200  # idempotent, body held: resent
+    assert closer.answered[-1][:2] == ("PUT /item HTTP/1.1", b"x" * 1000)
+    assert await send("POST", b"y" * 1000, **{"Idempotency-Key": "k1"}) == 200
+    assert closer.answered[-1][:2] == ("POST /item HTTP/1.1", b"y" * 1000)
+    # A POST the backend may have applied before failing is never sent twice by the router.
+    assert await send("POST", b"z" * 1000) == 502
+    assert closer.dropped[-1] == "POST /item HTTP/1.1"
+    assert not any(line.startswith("POST") and body == b"z" * 1000
+                   for line, body, _ in closer.answered)  # fmt: skip
+
+
+async def test_a_streamed_body_is_not_resent(
+    router: RunningRouter, closer: KeepAliveCloser, http: aiohttp.ClientSession
+) -> None:
+    add_session(router.table, "alpha", closer.backend, TOKEN)
+    url = session_url(router, "alpha", "upload")
+    async with http.get(url, headers=bearer(TOKEN)) as response:
+        assert response.status == 200
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"c" * 100
+
+    # chunked: the router streams it to the backend and cannot send it again
+    async with http.put(url, data=chunks(), headers=bearer(TOKEN)) as response:
+        assert response.status == 502
+    assert closer.dropped == ["PUT /upload HTTP/1.1"]
+    assert len(closer.answered) == 1

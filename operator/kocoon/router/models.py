@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -39,6 +39,7 @@ from kocoon.router.openai_format import (
     unknown_endpoint,
     wants_stream,
 )
+from kocoon.router.retry import may_resend, send_resending
 from kocoon.router.table import Route, RoutingTable, TargetKey, TargetKind
 from kocoon.router.wake import Hold, HoldRefused, TargetGone
 
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
 KEEPALIVE = b": waiting for model\n\n"
 SSE_MEDIA_TYPE = "text/event-stream"
 CLIENT_CLOSED = "499"  # nginx's code for a client that went away; only in metrics
-# Pooled connections found closed by the engine, in a row, before giving up with a 502.
-STALE_CONNECTION_RETRIES = 3
 MAX_REMEMBERED_ENGINES = 4096
 
 
@@ -346,10 +345,10 @@ class ModelEndpoint:
         replica that has just become ready, not listening yet), retried with backoff, on
         another replica when there is one; and a pooled keep-alive connection the engine has
         closed meanwhile (llama-server closes its connection after every streamed answer while
-        announcing keep-alive), retried at once on a new connection; the router then asks that
-        engine to close its connection after each stream (`Connection: close`), so the next
-        request does not meet a dead one. An inference request has no side effects, so
-        sending it again when no answer has started is safe.
+        announcing keep-alive), resent once on a new connection by the rule both paths share
+        (`retry.py`: an inference request has no side effects and its body is held); the
+        router then asks that engine to close its connection after each stream
+        (`Connection: close`), so the next request does not meet a dead one.
         """
         from kocoon.router.proxy import CONNECT_RETRY_DELAYS, request_headers
 
@@ -357,8 +356,8 @@ class ModelEndpoint:
             request.headers, remote=request.remote, scheme=request.scheme, host=request.host,
             prefix=prefix,
         )  # fmt: skip
+        resend = may_resend(request.method, request.headers, body, side_effect_free=True)
         failed: str | None = None
-        stale_retries = 0
         delays = iter((*CONNECT_RETRY_DELAYS, None))
         while True:
             fresh = self.table.resolve(key)  # replicas may have come or gone meanwhile
@@ -368,11 +367,26 @@ class ModelEndpoint:
                 headers["Connection"] = "close"
             else:
                 headers.popall("Connection", None)
+            url = f"http://{endpoint}{path}"
+
+            def send(
+                client: aiohttp.ClientSession, url: str = url
+            ) -> Awaitable[aiohttp.ClientResponse]:
+                return client.request(
+                    request.method, url, headers=headers, data=body if body else None,
+                    allow_redirects=False,
+                )  # fmt: skip
+
+            def closes(endpoint: str = endpoint) -> None:
+                if len(self.closes_after_stream) >= MAX_REMEMBERED_ENGINES:
+                    self.closes_after_stream.clear()
+                self.closes_after_stream.add(endpoint)
+
             try:
                 with self.balancer.using(endpoint):
-                    upstream = await self.proxy.client.request(
-                        request.method, f"http://{endpoint}{path}", headers=headers,
-                        data=body if body else None, allow_redirects=False,
+                    upstream = await send_resending(
+                        send, self.proxy.client, self.proxy.fresh_client, resend=resend,
+                        on_closed=closes,
                     )  # fmt: skip
                 return endpoint, upstream
             except aiohttp.ClientConnectorError:
@@ -381,13 +395,6 @@ class ModelEndpoint:
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                stale_retries += 1
-                if stale_retries > STALE_CONNECTION_RETRIES:
-                    raise
-                if len(self.closes_after_stream) >= MAX_REMEMBERED_ENGINES:
-                    self.closes_after_stream.clear()
-                self.closes_after_stream.add(endpoint)
 
     async def _relay(
         self,

@@ -25,6 +25,7 @@ from kocoon.router.match import Match, match_host, match_path
 from kocoon.router.metrics import RouterMetrics
 from kocoon.router.models import ModelEndpoint
 from kocoon.router.openai_format import DEFAULT_MAX_BODY_BYTES, is_openai_path
+from kocoon.router.retry import may_resend, replayable, send_resending
 from kocoon.router.table import Route, RoutingTable, TargetKey, TargetKind
 from kocoon.router.wake import Hold, HoldRefused, TargetGone, Waker, WakeTimedOut
 
@@ -148,6 +149,7 @@ class Proxy:
         self.metrics = metrics
         self.config = config or ProxyConfig()
         self._client: aiohttp.ClientSession | None = None
+        self._fresh_client: aiohttp.ClientSession | None = None
         self.models = ModelEndpoint(self)
 
     @property
@@ -157,18 +159,34 @@ class Proxy:
         return self._client
 
     async def start(self, _app: web.Application | None = None) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True)
-        self._client = aiohttp.ClientSession(
+        pooled = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True)
+        self._client = self._session(pooled)
+        # A request resent after a pooled connection closed goes on a connection of its own.
+        self._fresh_client = self._session(aiohttp.TCPConnector(limit=0, force_close=True))
+
+    def _session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # bytes pass through as the backend encoded them
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout),
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
         )
+        # aiohttp resends idempotent requests once by itself, through the same pool (where the
+        # next connection may be just as dead). Off: `retry.py` is the one rule of both paths.
+        session._retry_connection = False
+        return session
+
+    @property
+    def fresh_client(self) -> aiohttp.ClientSession:
+        if self._fresh_client is None:
+            raise RuntimeError("Proxy.start() must run before requests are served")
+        return self._fresh_client
 
     async def close(self, _app: web.Application | None = None) -> None:
-        if self._client is not None:
-            await self._client.close()
+        for client in (self._client, self._fresh_client):
+            if client is not None:
+                await client.close()
 
     def app(self) -> web.Application:
         app = web.Application(handler_args={"max_field_size": 65536})
@@ -321,7 +339,12 @@ class Proxy:
         return f"{scheme}://{endpoint}{match.forward_path}" + (f"?{query}" if query else "")
 
     def _upstream_request(
-        self, request: web.Request, match: Match, route: Route, body: object
+        self,
+        client: aiohttp.ClientSession,
+        request: web.Request,
+        match: Match,
+        route: Route,
+        body: object,
     ) -> aiohttp.client._RequestContextManager:
         headers = request_headers(
             request.headers,
@@ -331,7 +354,7 @@ class Proxy:
             prefix=match.prefix,
         )
         skip = [h for h in ("Accept", "Accept-Encoding", "Content-Type") if h not in headers]
-        return self.client.request(
+        return client.request(
             request.method,
             self._upstream_url(match, route, request.rel_url.raw_query_string),
             headers=headers,
@@ -340,26 +363,37 @@ class Proxy:
             skip_auto_headers=skip,
         )
 
+    async def _send(
+        self, request: web.Request, match: Match, route: Route, body: object
+    ) -> aiohttp.ClientResponse:
+        """The upstream response (status and headers), sent again while nothing was received.
+
+        A target that has just become Ready may not accept connections for a moment (a
+        restored process re-opening its socket): a refused connection means nothing was sent,
+        so it is retried with backoff for any method whose body can be sent again. A pooled
+        connection the backend closed before answering is the rule of `retry.py`: resent
+        once, on a new connection, when the request is safe to send twice.
+        """
+        resend = may_resend(request.method, request.headers, body)
+        for delay in (*CONNECT_RETRY_DELAYS, None):
+            try:
+                return await send_resending(
+                    lambda client: self._upstream_request(client, request, match, route, body),
+                    self.client, self.fresh_client, resend=resend,
+                )  # fmt: skip
+            except aiohttp.ClientConnectorError:
+                if delay is None or not replayable(body):
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
     @contextlib.asynccontextmanager
     async def _connected(
         self, request: web.Request, match: Match, route: Route, body: object
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The upstream response, retrying while the backend refuses connections.
-
-        A target that has just become Ready may not accept connections for a moment (a
-        restored process re-opening its socket). A refused connection means nothing was
-        sent, so retrying is safe for any method; a streamed body can be sent only once.
-        """
-        retryable = body is None or isinstance(body, bytes)
-        for delay in (*CONNECT_RETRY_DELAYS, None):
-            try:
-                async with self._upstream_request(request, match, route, body) as upstream:
-                    yield upstream
-                    return
-            except aiohttp.ClientConnectorError:
-                if delay is None or not retryable:
-                    raise
-                await asyncio.sleep(delay)
+        upstream = await self._send(request, match, route, body)
+        async with upstream:
+            yield upstream
 
     async def _forward(
         self, request: web.Request, match: Match, route: Route
