@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from kocoon.api.conditions import ConditionType, Reason
 from kocoon.api.sandbox import SandboxSpec
 from kocoon.builders import activity, gpu, names, network, pod, storage
 from kocoon.builders.context import BuildSettings, Identity
@@ -187,6 +188,16 @@ def test_network_policy_allows_listed_cidrs_and_reports_host_rules() -> None:
         {"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"protocol": "TCP", "port": 443}]}
     ]
     assert network.unenforced_egress_hosts(sandbox) == ["pypi.example.org"]
+    condition = network.egress_condition(sandbox)
+    assert (condition.type, condition.status) == (ConditionType.EGRESS_ENFORCED, False)
+    assert condition.reason is Reason.HOST_RULES_NOT_ENFORCED
+    assert "spec.network.egress.allow" in condition.message
+    assert "pypi.example.org" in condition.message
+
+
+def test_egress_is_enforced_when_every_rule_is_a_cidr() -> None:
+    condition = network.egress_condition(spec())
+    assert (condition.status, condition.reason) == (True, Reason.EGRESS_POLICY_APPLIED)
 
 
 def test_ingress_only_from_the_router_to_exposed_ports() -> None:

@@ -19,6 +19,7 @@ class ConditionType(StrEnum):
     EXPIRED = "Expired"
     PREVIOUS_TOKEN_ACCEPTED = "PreviousTokenAccepted"
     CHILDREN_READY = "ChildrenReady"
+    EGRESS_ENFORCED = "EgressEnforced"
     MODELS_AVAILABLE = "ModelsAvailable"
     # ModelDeployment: whether the model source can be read, and whether the wake strategy
     # can work where the replicas run.
@@ -42,6 +43,9 @@ class Reason(StrEnum):
     # ChildrenReady
     CHILDREN_APPLIED = "ChildrenApplied"
     CHILD_APPLY_FAILED = "ChildApplyFailed"
+    # EgressEnforced
+    EGRESS_POLICY_APPLIED = "EgressPolicyApplied"
+    HOST_RULES_NOT_ENFORCED = "HostRulesNotEnforced"
     # Deletion: the cleanup gave up after bounded retries
     CLEANUP_ABANDONED = "CleanupAbandoned"
     REPLICAS_READY = "ReplicasReady"

@@ -453,7 +453,8 @@ class SandboxStatus(KocoonModel):
     """When the sandbox entered its current phase."""
     conditions: Conditions = []
     """Ready, Hibernated, CheckpointAvailable, PodScheduled, ChildrenReady (whether every child
-    object was applied), each with a reason."""
+    object was applied), EgressEnforced (False while host-name egress rules, which a
+    NetworkPolicy cannot carry, keep their traffic denied), each with a reason."""
     observed_generation: Annotated[int, Field(ge=0)] | None = None
     """The `.metadata.generation` the status reflects."""
     pod_name: str | None = None

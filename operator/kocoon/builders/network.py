@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from kocoon.api.conditions import ConditionType, Reason
 from kocoon.api.sandbox import SandboxSpec
 from kocoon.builders import names
 from kocoon.builders.context import BuildSettings, Identity
+from kocoon.status import ConditionUpdate
 
 DNS_PORTS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
 
@@ -53,8 +55,8 @@ def service_fqdn(owner: Identity, settings: BuildSettings) -> str:
 def network_policy(owner: Identity, spec: SandboxSpec, settings: BuildSettings) -> dict[str, Any]:
     """Ingress only from the router to exposed ports; egress only to what the spec allows.
 
-    Host-name rules cannot be expressed in a NetworkPolicy; they are enforced by an egress
-    gateway when one is configured, and the controller says so in an Event.
+    Host-name rules cannot be expressed in a NetworkPolicy: no egress is allowed for them, and
+    the Sandbox says so (`egress_condition`: EgressEnforced=False, with an Event).
     """
     exposed = set(spec.network.exposed_ports)
     ingress_ports = [
@@ -116,3 +118,24 @@ def network_policy(owner: Identity, spec: SandboxSpec, settings: BuildSettings) 
 
 def unenforced_egress_hosts(spec: SandboxSpec) -> list[str]:
     return [rule.host for rule in spec.network.egress.allow if rule.host is not None]
+
+
+def egress_condition(spec: SandboxSpec) -> ConditionUpdate:
+    """Whether the NetworkPolicy carries every egress rule of the spec. Host-name rules it
+    cannot carry (no FQDN policy or egress gateway is driven): their traffic stays denied,
+    and the condition names them instead of passing over them in silence."""
+    hosts = unenforced_egress_hosts(spec)
+    if not hosts:
+        return ConditionUpdate(
+            ConditionType.EGRESS_ENFORCED,
+            True,
+            Reason.EGRESS_POLICY_APPLIED,
+            "every egress rule is in the NetworkPolicy",
+        )
+    return ConditionUpdate(
+        ConditionType.EGRESS_ENFORCED,
+        False,
+        Reason.HOST_RULES_NOT_ENFORCED,
+        f"spec.network.egress.allow: host rules are not enforced, so traffic to"
+        f" {', '.join(hosts)} stays denied; allow it by cidr instead",
+    )

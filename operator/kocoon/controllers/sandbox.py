@@ -681,9 +681,12 @@ async def _write_status(
         status.phase_since = now
         metrics.TRANSITIONS.labels(phase=decision.phase.value).inc()
     before = {c.type: (c.status, c.reason) for c in status.conditions}
+    egress = network.egress_condition(sandbox.spec)
     status.conditions = merge_conditions(
-        status.conditions, (*decision.conditions, children), observed.generation, now
+        status.conditions, (*decision.conditions, children, egress), observed.generation, now
     )
+    if not egress.status and before.get(egress.type) != ("False", egress.reason):
+        await events.post(ctx.api, body, events.WARNING, egress.reason, egress.message)
     # Worth an Event: a new phase, or a condition that changed for the decision's reason.
     conditions_changed = any(
         before.get(u.type) != ("True" if u.status else "False", u.reason)
