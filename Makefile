@@ -85,6 +85,7 @@ dev-down: python
 
 bench: setup
 	$(PY) bench/bench_router.py
+	$(PY) bench/bench_balance.py
 	$(PY) bench/bench_checkpoint.py
 	$(PY) bench/bench_model_wake.py
 	$(PY) bench/bench_scale.py
