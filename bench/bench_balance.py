@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -54,20 +55,20 @@ ROUTER_HOST = "127.0.0.1"
 API_KEY = "sk-bench"
 SERVED = "chat"
 REPLICAS = 3
-POLICIES = ("round-robin", "least-in-flight")
+POLICIES = ("round-robin", "least-in-flight", "prefix")
 
 
 # --- the replicas (their own process) ----------------------------------------------------------
 
 
 def replicas_main(
-    ports: list[int], slots: int, ms_per_char: float, tokens: int, token_ms: float
+    ports: list[int], slots: int, ms_per_char: float, tokens: int, token_ms: float, cache: int
 ) -> None:
     async def serve() -> None:
         runners = []
         for i, port in enumerate(ports):
-            runner = web.AppRunner(replica_app(f"r{i}", slots, ms_per_char, tokens, token_ms),
-                                   access_log=None)  # fmt: skip
+            app = replica_app(f"r{i}", slots, ms_per_char, tokens, token_ms, cache)
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, REPLICA_HOST, port).start()
             runners.append(runner)
@@ -77,15 +78,27 @@ def replicas_main(
 
 
 def replica_app(
-    name: str, slots: int, ms_per_char: float, tokens: int, token_ms: float
+    name: str, slots: int, ms_per_char: float, tokens: int, token_ms: float, cache: int
 ) -> web.Application:
+    """An engine's timing: `slots` sequences at once; prefill by the prompt's length, less a
+    first message found in its prefix cache (the last `cache` first messages it read)."""
     free = asyncio.Semaphore(slots)
+    cached: OrderedDict[str, None] = OrderedDict()
 
     async def chat(request: web.Request) -> web.Response:
         body = await request.json()
-        prompt = sum(len(m.get("content", "")) for m in body["messages"])
+        contents = [m.get("content", "") for m in body["messages"]]
+        prompt = sum(map(len, contents))
         async with free:
-            await asyncio.sleep(prompt * ms_per_char / 1000)  # prefill
+            first = contents[0]
+            hit = cache > 0 and len(contents) > 1 and first in cached
+            if cache > 0 and len(contents) > 1:
+                cached[first] = None
+                cached.move_to_end(first)
+                while len(cached) > cache:
+                    cached.popitem(last=False)
+            work = prompt - len(first) if hit else prompt
+            await asyncio.sleep(work * ms_per_char / 1000)  # prefill
             await asyncio.sleep(tokens * token_ms / 1000)  # decode
         return web.json_response(
             {
@@ -94,7 +107,7 @@ def replica_app(
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": name},
                              "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": prompt // 4, "completion_tokens": tokens,
-                          "total_tokens": prompt // 4 + tokens},
+                          "total_tokens": prompt // 4 + tokens, "cached": hit},
             }
         )  # fmt: skip
 
@@ -113,15 +126,17 @@ def router_main(policy: str, argv: list[str]) -> None:
     if policy == "round-robin":
         turns: dict[tuple[str, ...], int] = {}
 
-        def pick(self: Balancer, endpoints: Any, *, avoid: str | None = None) -> str:
+        def pick(
+            self: Balancer, endpoints: Any, *, avoid: str | None = None, prefix: str | None = None
+        ) -> str:
             choices = tuple(e for e in endpoints if e != avoid) or tuple(endpoints)
             turn = turns.get(choices, 0)
             turns[choices] = turn + 1
             return choices[turn % len(choices)]
 
         Balancer.pick = pick  # type: ignore[method-assign]
-    elif policy != "least-in-flight":
-        raise SystemExit(f"unknown policy {policy}")
+    else:
+        argv = [*argv, "--balance", policy]
     sys.exit(cli_main(["router", *argv]))
 
 
@@ -154,7 +169,7 @@ async def replicas(args: argparse.Namespace) -> AsyncIterator[list[str]]:
     code = (
         f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_balance as b; "
         f"b.replicas_main({ports!r}, {args.slots}, {args.ms_per_char}, {args.tokens}, "
-        f"{args.token_ms})"
+        f"{args.token_ms}, {args.cache})"
     )
     async with process([sys.executable, "-c", code], REPLICA_HOST, ports[-1]):
         yield [f"{REPLICA_HOST}:{p}" for p in ports]
@@ -163,63 +178,77 @@ async def replicas(args: argparse.Namespace) -> AsyncIterator[list[str]]:
 # --- the workload ------------------------------------------------------------------------------
 
 
-def prompt_lengths(args: argparse.Namespace, rng: random.Random) -> list[int]:
-    """Most prompts short (~300 chars), `long_share` long (~6,000): both log-normal."""
-    out = []
-    for _ in range(args.requests):
-        median = args.long_chars if rng.random() < args.long_share else args.short_chars
-        out.append(max(20, int(rng.lognormvariate(0, 0.5) * median)))
-    return out
+def _length(args: argparse.Namespace, rng: random.Random) -> int:
+    """Most prompts short (~`short_chars`), `long_share` long (~`long_chars`): log-normal."""
+    median = args.long_chars if rng.random() < args.long_share else args.short_chars
+    return max(20, int(rng.lognormvariate(0, 0.5) * median))
+
+
+def prompts(args: argparse.Namespace, rng: random.Random) -> list[list[str]]:
+    """Each request's messages. Without sessions: one message of a skewed length, unique.
+    With `--sessions N`: N conversations, each with its own context of a skewed length (its
+    first message) and a short new turn per request; each request from a random one."""
+    if not args.sessions:
+        return [[f"{i:06d} " + "x" * _length(args, rng)] for i in range(args.requests)]
+    contexts = [f"session {i:04d} " + "c" * _length(args, rng) for i in range(args.sessions)]
+    return [
+        [rng.choice(contexts), "t" * max(20, int(rng.lognormvariate(0, 0.5) * args.turn_chars))]
+        for _ in range(args.requests)
+    ]
 
 
 def service_ms(args: argparse.Namespace, chars: int) -> float:
     return chars * args.ms_per_char + args.tokens * args.token_ms
 
 
-def schedule(args: argparse.Namespace) -> tuple[list[float], list[int], float]:
-    """(send offsets in s, prompt lengths, arrival rate): Poisson at `load` times capacity."""
+def schedule(args: argparse.Namespace) -> tuple[list[float], list[list[str]], float]:
+    """(send offsets in s, prompts, arrival rate): Poisson at `load` times the capacity
+    without any prefix cache hit."""
     rng = random.Random(args.seed)
-    lengths = prompt_lengths(args, rng)
-    mean_s = statistics.fmean(service_ms(args, n) for n in lengths) / 1000
+    messages = prompts(args, rng)
+    mean_s = statistics.fmean(service_ms(args, sum(map(len, m))) for m in messages) / 1000
     rate = args.load * REPLICAS * args.slots / mean_s
     offsets, t = [], 0.0
-    for _ in lengths:
+    for _ in messages:
         t += rng.expovariate(rate)
         offsets.append(t)
-    return offsets, lengths, rate
+    return offsets, messages, rate
 
 
 async def one(
-    http: aiohttp.ClientSession, base: str, chars: int, at: float, start: float
-) -> tuple[float, str]:
+    http: aiohttp.ClientSession, base: str, messages: list[str], at: float, start: float
+) -> tuple[float, str, bool]:
     await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
-    body = {"model": SERVED, "messages": [{"role": "user", "content": "x" * chars}]}
+    body = {"model": SERVED, "messages": [{"role": "user", "content": m} for m in messages]}
     sent = time.perf_counter()
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with http.post(f"{base}/v1/chat/completions", json=body, headers=headers) as response:
         answer = await response.json()
         if response.status != 200:
             raise RuntimeError(f"{response.status}: {answer}")
-    return time.perf_counter() - sent, answer["choices"][0]["message"]["content"]
+    replica = answer["choices"][0]["message"]["content"]
+    return time.perf_counter() - sent, replica, bool(answer["usage"].get("cached"))
 
 
-async def replay(base: str, offsets: list[float], lengths: list[int]) -> list[tuple[float, str]]:
+async def replay(
+    base: str, offsets: list[float], messages: list[list[str]]
+) -> list[tuple[float, str, bool]]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         for _ in range(3):  # warm up: connections on both sides
-            await one(http, base, 100, 0, time.perf_counter())
+            await one(http, base, ["warm-up"], 0, time.perf_counter())
         start = time.perf_counter()
         return await asyncio.gather(
-            *(one(http, base, n, at, start) for at, n in zip(offsets, lengths, strict=True))
+            *(one(http, base, m, at, start) for at, m in zip(offsets, messages, strict=True))
         )
 
 
-def summarize(samples: dict[str, list[tuple[float, str]]]) -> dict[str, Any]:
+def summarize(samples: dict[str, list[tuple[float, str, bool]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for policy, results in samples.items():
-        latencies = [s for s, _ in results]
+        latencies = [s for s, _, _ in results]
         per_replica: dict[str, int] = {}
-        for _, replica in results:
+        for _, replica, _ in results:
             per_replica[replica] = per_replica.get(replica, 0) + 1
         out[policy] = {
             "p50_ms": statistics.median(latencies) * 1000,
@@ -227,6 +256,7 @@ def summarize(samples: dict[str, list[tuple[float, str]]]) -> dict[str, Any]:
             "p99_ms": percentile(latencies, 0.99) * 1000,
             "mean_ms": statistics.fmean(latencies) * 1000,
             "requests": len(latencies),
+            "prefix_cache_hits": sum(hit for _, _, hit in results) / len(results),
             "per_replica": dict(sorted(per_replica.items())),
         }
     rr = out["round-robin"]
@@ -238,22 +268,22 @@ def summarize(samples: dict[str, list[tuple[float, str]]]) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    offsets, lengths, rate = schedule(args)
-    ideal = [service_ms(args, n) for n in lengths]
+    offsets, messages, rate = schedule(args)
+    ideal = [service_ms(args, sum(map(len, m))) for m in messages]
     print(
-        f"{len(lengths)} requests at {rate:.1f}/s ({args.load:.0%} of capacity); service time "
+        f"{len(messages)} requests at {rate:.1f}/s ({args.load:.0%} of capacity); service time "
         f"p50 {statistics.median(ideal):.0f} ms, p95 {percentile(ideal, 0.95):.0f} ms",
         flush=True,
     )
-    samples: dict[str, list[tuple[float, str]]] = {p: [] for p in args.policies}
+    samples: dict[str, list[tuple[float, str, bool]]] = {p: [] for p in args.policies}
     async with replicas(args) as endpoints:
         for r in range(args.rounds):
             order = args.policies if r % 2 == 0 else args.policies[::-1]
             for policy in order:
                 async with router_in_front(policy, endpoints) as base:
-                    results = await replay(base, offsets, lengths)
+                    results = await replay(base, offsets, messages)
                 samples[policy].extend(results)
-                p95 = percentile([s for s, _ in results], 0.95) * 1000
+                p95 = percentile([s for s, _, _ in results], 0.95) * 1000
                 print(f"round {r + 1} {policy}: p95 {p95:.0f} ms", flush=True)
     summary = {"rate_per_s": rate, **summarize(samples)}
     print(json.dumps(summary, indent=1), flush=True)
@@ -272,6 +302,11 @@ def main() -> None:
     p.add_argument("--short-chars", type=int, default=300)
     p.add_argument("--long-chars", type=int, default=6000)
     p.add_argument("--long-share", type=float, default=0.15)
+    p.add_argument("--sessions", type=int, default=0,
+                   help="conversations sharing a context (0: every prompt its own)")  # fmt: skip
+    p.add_argument("--turn-chars", type=int, default=200, help="--sessions: a new turn's length")
+    p.add_argument("--cache", type=int, default=0,
+                   help="contexts each replica keeps in its prefix cache (0: none)")  # fmt: skip
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--policies", type=lambda s: tuple(s.split(",")), default=POLICIES)
     args = p.parse_args()

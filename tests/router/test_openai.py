@@ -353,6 +353,57 @@ async def test_least_in_flight_sends_work_away_from_a_busy_replica(
     await asyncio.gather(*stuck)
 
 
+def test_the_prefix_is_the_conversation_after_its_system_prompt() -> None:
+    from kocoon.router.openai_format import prompt_prefix
+
+    chat = {"messages": [
+        {"role": "system", "content": "You are a shared system prompt. " * 10},
+        {"role": "user", "content": [{"type": "text", "text": "task 7: "},
+                                     {"type": "image_url", "image_url": {"url": "x"}}]},
+        {"role": "assistant", "content": "on it"},
+    ]}  # fmt: skip
+    assert prompt_prefix(chat, 10) == "task 7: on"
+    assert prompt_prefix(chat, 100) == "task 7: on it"
+    assert prompt_prefix({"prompt": "abcdef"}, 3) == "abc"
+    assert prompt_prefix({"input": ["abcdef", "x"]}, 4) == "abcd"
+    assert prompt_prefix({"messages": []}, 10) is None
+
+
+@pytest.mark.parametrize("router_options", [{"balance": "prefix"}])
+async def test_prefix_policy_keeps_a_conversation_on_one_replica_within_bounded_load(
+    router: RunningRouter, engine_a: Engine, engine_b: Engine
+) -> None:
+    add_model(router.table, "chat", [engine_a.backend(), engine_b.backend()])
+    add_api_key(router.table, "key", KEY)
+    client = sdk(router)
+
+    async def turn(conversation: int, system: str) -> str:
+        answer = await client.chat.completions.create(model="chat", messages=[
+            {"role": "system", "content": system},
+            {"role": "user", "content": f"conversation {conversation}: " + "context " * 20},
+        ])  # fmt: skip
+        return (answer.choices[0].message.content or "").split("-")[0]
+
+    homes = {c: await turn(c, "one system prompt") for c in range(16)}
+    for c in range(16):  # again, under another system prompt: the same replica each time
+        assert await turn(c, "another system prompt") == homes[c]
+    assert set(homes.values()) == {"alpha", "beta"}  # 16 conversations hash to both
+
+    # One conversation, 4 requests at once: its replica takes at most 1.25x the mean load
+    engine_a.answer_gate.clear()
+    engine_b.answer_gate.clear()
+    stuck = []
+    for n in range(1, 5):
+        stuck.append(asyncio.create_task(turn(0, "s")))
+        await until(lambda n=n: engine_a.in_flight + engine_b.in_flight == n)
+    # bounds ceil(1.25 * n / 2) for n = 1..4: 1, 2, 2, 3 -> the 3rd goes to the other replica
+    home, other = (engine_a, engine_b) if homes[0] == "alpha" else (engine_b, engine_a)
+    assert (home.in_flight, other.in_flight) == (3, 1)
+    engine_a.answer_gate.set()
+    engine_b.answer_gate.set()
+    await asyncio.gather(*stuck)
+
+
 async def test_a_sleeping_replica_never_gets_a_request(
     router: RunningRouter, engine_a: Engine, engine_b: Engine
 ) -> None:

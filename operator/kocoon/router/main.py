@@ -27,6 +27,7 @@ from kocoon.router.activity import (
     ActivityTracker,
 )
 from kocoon.router.auth import hash_token
+from kocoon.router.balance import DEFAULT_LOAD_FACTOR, DEFAULT_PREFIX_CHARS, Policy
 from kocoon.router.metrics import RouterMetrics
 from kocoon.router.openai_format import DEFAULT_MAX_BODY_BYTES
 from kocoon.router.proxy import (
@@ -228,6 +229,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sse-heartbeat", type=float, default=DEFAULT_SSE_HEARTBEAT_SECONDS)
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="largest model request body; larger ones get 413")  # fmt: skip
+    p.add_argument("--balance", choices=[str(x) for x in Policy],
+                   default=str(Policy.LEAST_IN_FLIGHT),
+                   help="across a model's replicas: fewest open requests, or consistent hashing "
+                   "with bounded load on the prompt's prefix (bench/bench_balance.py)")  # fmt: skip
+    p.add_argument("--prefix-chars", type=int, default=DEFAULT_PREFIX_CHARS,
+                   help="--balance prefix: how many of the prompt's first characters to hash",
+                   )  # fmt: skip
+    p.add_argument("--load-factor", type=float, default=DEFAULT_LOAD_FACTOR,
+                   help="--balance prefix: a replica takes at most this times the mean load",
+                   )  # fmt: skip
     p.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio",
                    help="uvloop, if installed, measured no faster (docs/router.md)")  # fmt: skip
     p.add_argument("--log-level", default="INFO")
@@ -264,7 +275,8 @@ async def serve(args: argparse.Namespace) -> None:
         table, control, sink,
         proxy_config=ProxyConfig(
             domain=args.domain, sse_heartbeat=args.sse_heartbeat,
-            max_body_bytes=args.max_body_bytes,
+            max_body_bytes=args.max_body_bytes, balance=Policy(args.balance),
+            prefix_chars=args.prefix_chars, load_factor=args.load_factor,
         ),
         wake_config=WakeConfig(args.wake_timeout, args.queue_per_target, args.queue_total),
         activity_interval=args.activity_interval,

@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
 from kocoon.router.auth import AUTHORIZATION_HEADER, AuthFailure
-from kocoon.router.balance import Balancer
+from kocoon.router.balance import Balancer, Policy
 from kocoon.router.callers import Caller
 from kocoon.router.match import Match
 from kocoon.router.openai_format import (
@@ -34,6 +34,7 @@ from kocoon.router.openai_format import (
     model_not_allowed,
     model_not_found,
     parse_request,
+    prompt_prefix,
     read_body,
     unauthorized,
     unknown_endpoint,
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from kocoon.router.proxy import Proxy
 
 KEEPALIVE = b": waiting for model\n\n"
+# Request storage: the prompt's prefix, for the `prefix` policy.
+PREFIX_KEY: web.RequestKey[str | None] = web.RequestKey("prompt_prefix")
 SSE_MEDIA_TYPE = "text/event-stream"
 CLIENT_CLOSED = "499"  # nginx's code for a client that went away; only in metrics
 MAX_REMEMBERED_ENGINES = 4096
@@ -69,7 +72,8 @@ class ModelEndpoint:
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        self.balancer = Balancer()
+        config = proxy.config
+        self.balancer = Balancer(policy=config.balance, load_factor=config.load_factor)
         # Engines found to close their connection after a streamed answer (llama-server):
         # their streams are sent with `Connection: close`, so that no dead connection is
         # pooled.
@@ -103,6 +107,7 @@ class ModelEndpoint:
             key = self._authorize(caller, caller.namespace, document["model"])
         except OpenAIError as error:
             return error.response()
+        self._note_prefix(request, document)
         query = request.rel_url.raw_query_string
         path = request.rel_url.raw_path + (f"?{query}" if query else "")
         return await self._serve(request, key, body, path, "", wants_stream(document), started)
@@ -126,10 +131,20 @@ class ModelEndpoint:
                 body = await read_body(request, self.proxy.config.max_body_bytes)
         except OpenAIError as error:
             return error.response()
-        stream = SSE_MEDIA_TYPE in request.headers.get("Accept", "") or _asks_stream(body)
+        document = _json_object(body)
+        stream = SSE_MEDIA_TYPE in request.headers.get("Accept", "") or (
+            document is not None and wants_stream(document)
+        )
+        if document is not None:
+            self._note_prefix(request, document)
         query = request.rel_url.raw_query_string
         path = match.forward_path + (f"?{query}" if query else "")
         return await self._serve(request, key, body, path, match.prefix, stream, started)
+
+    def _note_prefix(self, request: web.Request, document: Mapping[str, Any]) -> None:
+        """Kept on the request for the `prefix` policy's pick."""
+        if self.balancer.policy is Policy.PREFIX:
+            request[PREFIX_KEY] = prompt_prefix(document, self.proxy.config.prefix_chars)
 
     # --- who may call what ----------------------------------------------------------------
 
@@ -362,7 +377,7 @@ class ModelEndpoint:
         while True:
             fresh = self.table.resolve(key)  # replicas may have come or gone meanwhile
             endpoints = (fresh.endpoints if fresh is not None else ()) or route.endpoints
-            endpoint = self.balancer.pick(endpoints, avoid=failed)
+            endpoint = self.balancer.pick(endpoints, avoid=failed, prefix=request.get(PREFIX_KEY))
             if stream and endpoint in self.closes_after_stream:
                 headers["Connection"] = "close"
             else:
@@ -455,14 +470,14 @@ class ModelEndpoint:
         return response
 
 
-def _asks_stream(body: bytes) -> bool:
+def _json_object(body: bytes) -> Mapping[str, Any] | None:
     if not body.lstrip().startswith(b"{"):
-        return False
+        return None
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(document, dict) and wants_stream(document)
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def _wake_failed(error: Exception, retry_after: int | None) -> OpenAIError:

@@ -150,6 +150,40 @@ def wants_stream(document: Mapping[str, Any]) -> bool:
     return document.get("stream") is True
 
 
+def prompt_prefix(document: Mapping[str, Any], chars: int) -> str | None:
+    """The first `chars` characters of what identifies a conversation: the chat's messages
+    from the first that is not a system (or developer) message, so that one system prompt
+    shared by every conversation does not send all of them to one replica; or the
+    completion's `prompt`, or the embeddings' `input`."""
+    texts: list[str] = []
+    if isinstance(messages := document.get("messages"), list):
+        started = False
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            started = started or message.get("role") not in ("system", "developer")
+            if not started:
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+            elif isinstance(content, list):  # content parts: the text ones
+                texts.extend(
+                    part["text"] for part in content
+                    if isinstance(part, dict) and isinstance(part.get("text"), str)
+                )  # fmt: skip
+            if sum(map(len, texts)) >= chars:
+                break
+    else:
+        value = document.get("prompt", document.get("input"))
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            value = value[0]
+        if isinstance(value, str):
+            texts.append(value)
+    prefix = "".join(texts)[:chars]
+    return prefix or None
+
+
 def model_entry(served_name: str, namespace: str, created: int = 0) -> dict[str, Any]:
     return {"id": served_name, "object": "model", "created": created, "owned_by": namespace}
 

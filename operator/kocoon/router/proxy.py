@@ -21,6 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from kocoon.router.activity import ActivityTracker
 from kocoon.router.auth import AUTHORIZATION_HEADER, check_bearer
+from kocoon.router.balance import DEFAULT_LOAD_FACTOR, DEFAULT_PREFIX_CHARS, Policy
 from kocoon.router.match import Match, match_host, match_path
 from kocoon.router.metrics import RouterMetrics
 from kocoon.router.models import ModelEndpoint
@@ -67,6 +68,15 @@ class ProxyConfig:
     sse_heartbeat: float = DEFAULT_SSE_HEARTBEAT_SECONDS
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # model requests; larger bodies get 413
+    balance: Policy = Policy.LEAST_IN_FLIGHT  # across a model's replicas
+    prefix_chars: int = DEFAULT_PREFIX_CHARS  # balance=prefix: the prompt's first characters
+    load_factor: float = DEFAULT_LOAD_FACTOR  # balance=prefix: at most this times mean load
+
+    def __post_init__(self) -> None:
+        if self.load_factor < 1:
+            raise ValueError(f"load_factor must be at least 1, got {self.load_factor}")
+        if self.prefix_chars < 1:
+            raise ValueError(f"prefix_chars must be at least 1, got {self.prefix_chars}")
 
 
 # --- pure header handling -------------------------------------------------------------------
