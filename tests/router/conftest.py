@@ -66,7 +66,7 @@ async def start_router(
             domain="kocoon.test",
             sse_heartbeat=float(str(options.get("sse_heartbeat", 0.1))),
             max_body_bytes=int(str(options.get("max_body_bytes", 1024 * 1024))),
-            balance=Policy(str(options.get("balance", Policy.LEAST_IN_FLIGHT))),
+            balance=Policy(str(options.get("balance", ProxyConfig.balance))),
         ),
         wake_config=wake_config,
         activity_interval=float(str(options.get("activity_interval", 5.0))),

@@ -333,6 +333,7 @@ async def test_a_client_that_goes_away_cancels_the_engines_answer(
 # --- balancing -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("router_options", [{"balance": "least-in-flight"}])
 async def test_least_in_flight_sends_work_away_from_a_busy_replica(
     router: RunningRouter, engine_a: Engine, engine_b: Engine
 ) -> None:

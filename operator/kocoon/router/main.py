@@ -230,7 +230,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="largest model request body; larger ones get 413")  # fmt: skip
     p.add_argument("--balance", choices=[str(x) for x in Policy],
-                   default=str(Policy.LEAST_IN_FLIGHT),
+                   default=str(ProxyConfig.balance),
                    help="across a model's replicas: fewest open requests, or consistent hashing "
                    "with bounded load on the prompt's prefix (bench/bench_balance.py)")  # fmt: skip
     p.add_argument("--prefix-chars", type=int, default=DEFAULT_PREFIX_CHARS,

@@ -68,7 +68,7 @@ class ProxyConfig:
     sse_heartbeat: float = DEFAULT_SSE_HEARTBEAT_SECONDS
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # model requests; larger bodies get 413
-    balance: Policy = Policy.LEAST_IN_FLIGHT  # across a model's replicas
+    balance: Policy = Policy.PREFIX  # across a model's replicas (bench/bench_balance.py)
     prefix_chars: int = DEFAULT_PREFIX_CHARS  # balance=prefix: the prompt's first characters
     load_factor: float = DEFAULT_LOAD_FACTOR  # balance=prefix: at most this times mean load
 
