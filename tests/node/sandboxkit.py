@@ -3,7 +3,10 @@ local cluster with its real node), requests through the router, and what the age
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +17,8 @@ from typing import Any, TypeVar
 
 from tests.conftest import OperatorProcess
 
-from kocoon.devcluster import Cluster, realnode
+from kocoon.agent import local as local_agent
+from kocoon.devcluster import Cluster, processes, realnode, stack
 
 T = TypeVar("T")
 NAME = "counter"
@@ -113,3 +117,59 @@ def answer(url: str, token: str) -> dict[str, Any] | None:
         return request(url, token)
     except (urllib.error.URLError, OSError):
         return None
+
+
+# --- processes killed and started again, where they ran before ------------------------------
+
+
+def kill_component(cluster: Cluster, name: str) -> None:
+    """`kill -9` a process started with the cluster (agent, router): its whole process group, as
+    a container's processes die with it."""
+    pid = cluster.state.pids.get(name)
+    assert pid is not None, f"{name} is not running"
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    wait_for(f"{name} to die", lambda: not processes.alive(pid) or None, timeout=10)
+
+
+def restart_agent(cluster: Cluster, operator_env: dict[str, str]) -> None:
+    """Start the node agent again on the port, credentials and state it had, so the operator
+    reaches it where it did (`operator_env` is what `stack.start_agent` returned)."""
+    directory = Path(cluster.state.directory) / "agent"
+    creds = local_agent.credentials(directory)
+    endpoint = json.loads(operator_env["KOCOON_AGENT_ENDPOINTS"])["*"]
+    port = int(endpoint.rsplit(":", 1)[1])
+    node = realnode.layout(cluster.state)
+    extra = (
+        "--cri-runc-root", str(node.runc_root / realnode.CONTAINERD_NAMESPACE),
+        "--restored-runc-root", str(node.runc_root / "kocoon-restored"),
+    )  # fmt: skip
+    pid = cluster.start_process(
+        "kocoon-agent",
+        local_agent.command(
+            creds, port, directory / "state", node_name=realnode.NODE_NAME, extra_args=extra
+        ),
+    )
+    processes.wait_healthy(
+        "kocoon agent", f"https://127.0.0.1:{port}/healthz", pid,
+        cluster.log_path("kocoon-agent"), context=creds.client_context(), timeout=30,
+    )  # fmt: skip
+
+
+def restart_router(cluster: Cluster) -> None:
+    """Start the router again on the ports it had (`stack.start_router` recorded them)."""
+    port = cluster.state.ports["kocoon-router"]
+    admin = cluster.state.ports["kocoon-router-admin"]
+    kubeconfig = Path(cluster.state.directory) / "router.kubeconfig"
+    pid = cluster.start_process(
+        "kocoon-router",
+        stack.kocoon_command(
+            "router", "--kubeconfig", str(kubeconfig),
+            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+            "--activity-interval", "1",
+        ),
+    )  # fmt: skip
+    processes.wait_healthy(
+        "kocoon router", f"http://127.0.0.1:{admin}/readyz", pid,
+        cluster.log_path("kocoon-router"), timeout=60,
+    )  # fmt: skip
