@@ -491,6 +491,9 @@ class KeepAliveCloser:
                     return
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 self.answered.append((line, body, headers))
+                if headers.get("upgrade", "").lower() == "websocket":
+                    await self._accept_websocket(headers["sec-websocket-key"], reader, writer)
+                    return
                 payload = f"answer {len(self.answered)}".encode()
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Type: text/plain\r\n"
@@ -499,6 +502,22 @@ class KeepAliveCloser:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+
+    async def _accept_websocket(
+        self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """RFC 6455 §4.2.2: the handshake's answer; then the connection is held until closed."""
+        import base64
+
+        guid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+        accept = base64.b64encode(hashlib.sha1((key + guid).encode()).digest()).decode()
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        await reader.read()  # until the router closes
+        writer.close()
 
 
 @pytest.fixture
@@ -585,3 +604,15 @@ async def test_a_streamed_body_is_not_resent(
         assert response.status == 502
     assert closer.dropped == ["PUT /upload HTTP/1.1"]
     assert len(closer.answered) == 1
+
+
+async def test_a_websocket_handshake_on_a_closed_pooled_connection_is_resent(
+    router: RunningRouter, closer: KeepAliveCloser, http: aiohttp.ClientSession
+) -> None:
+    add_session(router.table, "alpha", closer.backend, TOKEN)
+    async with http.get(session_url(router, "alpha", "page"), headers=bearer(TOKEN)) as r:
+        assert r.status == 200  # leaves a pooled connection the backend will close
+    async with http.ws_connect(session_url(router, "alpha", "ws"), headers=bearer(TOKEN)) as ws:
+        assert not ws.closed
+    assert closer.dropped == ["GET /ws HTTP/1.1"]
+    assert [line for line, _, _ in closer.answered] == ["GET /page HTTP/1.1", "GET /ws HTTP/1.1"]

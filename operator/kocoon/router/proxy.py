@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -442,12 +442,15 @@ class Proxy:
     async def _ws_connect_retrying(
         self, url: str, headers: Mapping[str, str], protocols: list[str]
     ) -> aiohttp.ClientWebSocketResponse:
-        """Like `_connected`: a just-woken backend may refuse the first connections."""
+        """Like `_send`: a just-woken backend may refuse the first connections, and a pooled
+        connection may be closed (the handshake is a GET: resent once on a new one)."""
+
+        def connect(client: aiohttp.ClientSession) -> Awaitable[aiohttp.ClientWebSocketResponse]:
+            return client.ws_connect(url, headers=headers, protocols=protocols, max_msg_size=0)
+
         for delay in (*CONNECT_RETRY_DELAYS, None):
             try:
-                return await self.client.ws_connect(
-                    url, headers=headers, protocols=protocols, max_msg_size=0
-                )
+                return await send_resending(connect, self.client, self.fresh_client, resend=True)
             except aiohttp.ClientConnectorError:
                 if delay is None:
                     raise

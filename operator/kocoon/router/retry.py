@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
 
 import aiohttp
 from aiohttp.http_parser import RawResponseMessage
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 IDEMPOTENCY_KEY_HEADERS = ("Idempotency-Key", "X-Idempotency-Key")
+
+_T = TypeVar("_T")
 
 
 def replayable(body: object) -> bool:
@@ -55,19 +58,17 @@ def closed_before_answer(error: BaseException) -> bool:
     return isinstance(error, aiohttp.ClientOSError)
 
 
-Send = Callable[[aiohttp.ClientSession], Awaitable[aiohttp.ClientResponse]]
-
-
 async def send_resending(
-    send: Send,
+    send: Callable[[aiohttp.ClientSession], Awaitable[_T]],
     pooled: aiohttp.ClientSession,
     fresh: aiohttp.ClientSession,
     *,
     resend: bool,
     on_closed: Callable[[], None] | None = None,
-) -> aiohttp.ClientResponse:
+) -> _T:
     """`send` on a pooled connection; once more on a new one (`fresh` pools none) when the
-    first closed before answering and `resend` (from `may_resend`) allows it."""
+    first closed before answering and `resend` (from `may_resend`) allows it. `send` returns
+    a response, or a WebSocket once its handshake is answered."""
     try:
         return await send(pooled)
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
