@@ -2,11 +2,11 @@
 
 A request is authorized by who calls (`callers.py`), not by a token of the model's own; it goes
 to the ModelDeployment the body's `model` names in the caller's namespace (or the one in the
-path), to its ready, awake replica with the fewest open requests (`balance.py`). With no such
-replica the request is held while the model wakes (`wake.py`): counted as queued on the
-model's Lease and in the metrics, and answered with SSE comments meanwhile when it asked for a
-stream. Responses pass through chunk by chunk; a client that goes away cancels the handler,
-which closes the connection to the engine.
+path), to one of its ready, awake replicas (`balance.py`: by the prompt's prefix with bounded
+load, or fewest open requests). With no such replica the request is held while the model
+wakes (`wake.py`): counted as queued on the model's Lease and in the metrics, and answered
+with SSE comments meanwhile when it asked for a stream. Responses pass through chunk by chunk;
+a client that goes away cancels the handler, which closes the connection to the engine.
 """
 
 from __future__ import annotations
