@@ -744,6 +744,7 @@ def test_a_wake_with_a_checkpoint_creates_a_held_pod_and_restores_into_it() -> N
     assert woke.restore is None
     assert woke.wake_latency_seconds == 1.0
     assert woke.release_checkpoint  # spent: restored once, like a Sandbox's
+    assert "was restored" in woke.release_message
 
     # The restored replica is what the next scale-down checkpoints.
     idle = Demand(last_request=NOW - timedelta(minutes=5))
@@ -757,6 +758,7 @@ def test_a_checkpoint_of_another_template_is_released_and_the_wake_is_cold() -> 
     old = stored(template="ffffffffffffffff")
     decision = checkpointed(demand=Demand(wake_requested_at=NOW), previous=at_zero, checkpoint=old)
     assert decision.release_checkpoint
+    assert "no longer fits the spec" in decision.release_message
     assert decision.create == (0,)
     assert decision.restore_into == ()
 
@@ -775,6 +777,7 @@ def test_a_held_pod_that_cannot_hold_releases_the_checkpoint_and_wakes_cold() ->
         crashing, demand=Demand(wake_requested_at=NOW), previous=waking, checkpoint=stored()
     )
     assert decision.release_checkpoint
+    assert "could not hold" in decision.release_message
     assert decision.delete == (crashing,)
     assert decision.restore is None
 

@@ -480,7 +480,7 @@ class ModelController:
                     ConditionType.CHECKPOINT_AVAILABLE,
                     False,
                     Reason.NO_CHECKPOINT,
-                    "released: it no longer fits the spec, or a wake could not use it",
+                    decision.release_message,
                 )
             )
         if decision.checkpoint is not None:

@@ -16,6 +16,7 @@ pod for an index.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -203,6 +204,7 @@ class Decision:
     restore: Replica | None = None
     restore_into: tuple[int, ...] = ()
     release_checkpoint: bool = False
+    release_message: str = ""
     # `engineSleep` by request: put these replicas' engines to sleep, wake these.
     sleep: tuple[Replica, ...] = ()
     wake: tuple[Replica, ...] = ()
@@ -217,6 +219,28 @@ SCALE_TO_ZERO_GRACE_SECONDS = 1
 def deletion_grace_seconds(decision: Decision) -> int | None:
     """The grace period to delete `decision.delete` with; None keeps the pod's own."""
     return SCALE_TO_ZERO_GRACE_SECONDS if decision.desired == 0 else None
+
+
+def _release_why(
+    observed: Observed,
+    usable: Checkpoint | None,
+    live: Sequence[Replica],
+    failing: Sequence[tuple[Replica, str]],
+) -> str | None:
+    """Why the deployment's checkpoint is released now; None to keep it."""
+    current = observed.checkpoint
+    if current is None:
+        return None
+    if any(r.restored == current.id for r in live):
+        return (
+            f"released: {current.id} was restored; the replica is checkpointed again when it"
+            " scales to zero"
+        )
+    if usable is None:
+        return f"released: {current.id} no longer fits the spec (template or wake strategy)"
+    if any(r.held and r.restored is None for r, _ in failing):
+        return f"released: the wake pod could not hold for {current.id}; waking cold"
+    return None
 
 
 # --- demand and the built-in autoscaler --------------------------------------------------------
@@ -367,11 +391,8 @@ def decide(observed: Observed) -> Decision:
     # Released: a checkpoint that no longer fits; one a wake pod cannot hold for (its hold
     # failed: wake cold); and one restored already — a checkpoint is restored once, like a
     # Sandbox's, and the restored replica is checkpointed again when it scales to zero.
-    release = observed.checkpoint is not None and (
-        checkpoint is None
-        or any(r.held and r.restored is None for r, _ in failing)
-        or any(r.restored == observed.checkpoint.id for r in live)
-    )
+    release_why = _release_why(observed, checkpoint, live, failing)
+    release = release_why is not None
     if release:
         checkpoint = None
     checkpointing = _to_checkpoint(observed, desired, delete, checkpoint)
@@ -439,6 +460,7 @@ def decide(observed: Observed) -> Decision:
         restore=restore,
         restore_into=restore_into,
         release_checkpoint=release,
+        release_message=release_why or "",
         sleep=to_sleep,
         wake=to_wake,
     )
