@@ -597,3 +597,34 @@ def test_a_source_the_engine_cannot_load_is_failed_naming_the_field_until_fixed(
     )  # fmt: skip
     fixed = wait_status(cluster, namespace, "h", "ScaledToZero", phase_is("ScaledToZero"))
     assert condition(fixed, "ModelSourceReady")["status"] == "True"
+
+
+GPU_SLICES = {
+    # name: (the replica's gpu, the simulated node that offers that slice)
+    "whole": ({"mode": "wholeGPU", "count": 2}, "kwok-gpu-whole-0"),
+    "mig": ({"mode": "mig", "profile": "1g.10gb"}, "kwok-gpu-mig-0"),
+    "shared": ({"mode": "timeSliced"}, "kwok-gpu-shared-0"),
+    "dra": ({"mode": "dra", "deviceClassName": "gpu.nvidia.com"}, "kwok-gpu-dra-0"),
+}
+
+
+def test_replicas_land_on_the_node_offering_their_gpu_slice_and_gpu_time_is_metered(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    namespace = new_namespace(cluster, "slices")
+    for name, (gpu, _) in GPU_SLICES.items():
+        create(cluster, namespace, name, replicas=1, gpu=gpu, engine={"type": "vllm"})
+    for name, (_, node) in GPU_SLICES.items():
+        wait_status(cluster, namespace, name, "Ready", phase_is("Ready"), 60)
+        pods = replica_pods(cluster, namespace, name)
+        assert [p["spec"]["nodeName"] for p in pods] == [node], name
+    for name in GPU_SLICES:
+        cluster.kubectl("scale", KIND, name, "-n", namespace, "--replicas=0")
+    for name, (gpu, _) in GPU_SLICES.items():
+        at_zero = wait_status(cluster, namespace, name, "at zero", lambda s: s["replicas"] == 0)
+        usage = at_zero["usage"]
+        # GPU time is the replica time times the slice's device count.
+        assert usage["replicaSeconds"] > 0, name
+        assert usage["gpuSeconds"] == pytest.approx(
+            usage["replicaSeconds"] * gpu.get("count", 1), rel=0.01
+        ), name
