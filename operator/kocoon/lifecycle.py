@@ -130,6 +130,18 @@ class Decision:
     warning: bool = False
 
 
+# How long a hibernation or wake waits for a node agent that cannot be reached (restarting,
+# a network blip) before it goes on without memory: the checkpoint or restore is asked again
+# with the reconciler's backoff meanwhile.
+AGENT_OUTAGE_GRACE = timedelta(seconds=30)
+
+
+def waits_for_agent(phase_since: datetime | None, now: datetime) -> bool:
+    """Whether a checkpoint or restore the agent could not be reached for is asked again (True)
+    or given up for a hibernation without memory / a cold wake (False)."""
+    return phase_since is not None and now - phase_since < AGENT_OUTAGE_GRACE
+
+
 def checkpoint_id(sandbox: str, pod_uid: str) -> str:
     """One checkpoint per pod incarnation: asking twice (after a restart) names the same one."""
     return f"{sandbox}-{pod_uid.replace('-', '')[:12]}"

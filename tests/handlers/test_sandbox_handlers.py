@@ -669,3 +669,68 @@ async def test_watch_events_feed_the_stores_wake_the_worker_and_a_deletion_leave
     finally:
         sandbox.reconcile_key = original  # type: ignore[assignment]
         await reconciler.close()
+
+
+class RestartingAgent(RecordingAgent):
+    """An agent that cannot be reached until `up` (it is restarting): nothing reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = False
+
+    async def checkpoint(self, target: Target, checkpoint_id: str) -> Checkpoint:
+        if not self.up:
+            from kocoon.controllers.checkpoints import AgentUnreachable
+
+            raise AgentUnreachable("agent on n1 unreachable: connection refused")
+        return await super().checkpoint(target, checkpoint_id)
+
+
+async def _hibernating_with(
+    ctx: context.OperatorContext, k: kmock.KubernetesEmulator, agent: RecordingAgent
+) -> None:
+    ctx.checkpointer = agent
+    await create_sandbox(ctx, hibernation="memory")
+    await sandbox.reconcile(ctx, NS, NAME)
+    mark_pod_running(k)
+    await sandbox.reconcile(ctx, NS, NAME)
+    k.objects[SANDBOXES, NS, NAME].patch({"spec": {"operatingMode": "Hibernated"}})
+    await sandbox.reconcile(ctx, NS, NAME)
+    assert phase(k) == "Hibernating"
+
+
+async def test_an_agent_restarting_during_hibernation_is_waited_for_and_memory_kept(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    from kocoon.controllers.checkpoints import AgentUnreachable
+
+    k, _ = emulator
+    agent = RestartingAgent()
+    await _hibernating_with(ctx, k, agent)
+    with pytest.raises(AgentUnreachable):  # the reconciler asks again, with backoff
+        await sandbox.reconcile(ctx, NS, NAME)
+    pod = stored(k, "v1/pods")
+    assert pod is not None
+    assert "kocoon.io/checkpoint-failed" not in (pod["metadata"].get("annotations") or {})
+
+    clock.now += timedelta(seconds=5)
+    agent.up = True
+    await settle(ctx, k)
+    assert phase(k) == "Hibernated"
+    assert stored(k, SANDBOXES)["status"]["checkpoint"]["id"] in agent.stored  # type: ignore[index]
+
+
+async def test_an_agent_unreachable_past_the_grace_hibernates_without_memory(
+    emulator: tuple[kmock.KubernetesEmulator, str], ctx: context.OperatorContext, clock: Clock
+) -> None:
+    from kocoon import lifecycle
+
+    k, _ = emulator
+    await _hibernating_with(ctx, k, RestartingAgent())
+    clock.now += lifecycle.AGENT_OUTAGE_GRACE
+    await sandbox.reconcile(ctx, NS, NAME)  # gives up on memory, says why
+    conditions = {c["type"]: c for c in stored(k, SANDBOXES)["status"]["conditions"]}  # type: ignore[index]
+    assert conditions["CheckpointAvailable"]["reason"] == "CheckpointFailed"
+    assert "unreachable" in conditions["CheckpointAvailable"]["message"]
+    await settle(ctx, k)
+    assert phase(k) == "Hibernated"

@@ -42,6 +42,11 @@ class CheckpointFailed(Exception):
     """The agent tried and failed; the message carries its reason."""
 
 
+class AgentUnreachable(CheckpointFailed):
+    """No connection to the agent could be made: the request never reached it, so nothing was
+    done and asking again is safe (an agent restarting, a node's network blip)."""
+
+
 @dataclass(frozen=True)
 class Target:
     """The container to checkpoint or restore into."""
@@ -227,8 +232,10 @@ class AgentCheckpointer:
                         f" {data.get('message')}"
                     )
                 return data
+        except aiohttp.ClientConnectorError as error:
+            raise AgentUnreachable(f"agent on {node} unreachable at {url}: {error}") from error
         except aiohttp.ClientError as error:
-            raise CheckpointFailed(f"agent on {node} unreachable at {url}: {error}") from error
+            raise CheckpointFailed(f"agent on {node} failed at {url}: {error}") from error
 
     async def checkpoint(self, target: Target, checkpoint_id: str) -> Checkpoint:
         request = CheckpointRequest(

@@ -30,6 +30,7 @@ from kocoon.builders.context import Identity
 from kocoon.controllers import common, failpoints, metrics, observe
 from kocoon.controllers.checkpoints import (
     RESTORES_INTO_POD,
+    AgentUnreachable,
     CheckpointFailed,
     CheckpointUnavailable,
     Target,
@@ -312,6 +313,10 @@ async def _checkpoint(
     try:
         checkpoint = await ctx.checkpointer.checkpoint(_target(owner, pod, view), checkpoint_id)
     except (CheckpointUnavailable, CheckpointFailed) as error:
+        if isinstance(error, AgentUnreachable) and lifecycle.waits_for_agent(
+            status.phase_since, started
+        ):
+            raise  # asked again with backoff: the pod and its memory are still there
         reason = Reason.CHECKPOINT_FAILED
         message = f"memory checkpoint not taken ({error}); hibernating without memory"
         metrics.CHECKPOINT_FAILURES.labels(kind=type(error).__name__).inc()
@@ -379,6 +384,10 @@ async def _restore(
         reason, ok = Reason.CHECKPOINT_STORED, True
         message = f"memory restored from checkpoint {checkpoint.id}"
     except (CheckpointUnavailable, CheckpointFailed) as error:
+        if isinstance(error, AgentUnreachable) and lifecycle.waits_for_agent(
+            status.phase_since, _now()
+        ):
+            raise  # asked again with backoff: the checkpoint is intact in the store
         reason, ok = Reason.WOKE_COLD, False
         message = f"restore of {checkpoint.id} failed ({error}); woke cold from the workspace"
         metrics.RESTORE_FAILURES.inc()
