@@ -395,20 +395,7 @@ def replica_pod(
             }
         ]
     if node_name:
-        pod_spec["affinity"] = {
-            "nodeAffinity": {
-                "preferredDuringSchedulingIgnoredDuringExecution": [
-                    {
-                        "weight": 100,
-                        "preference": {
-                            "matchFields": [
-                                {"key": "metadata.name", "operator": "In", "values": [node_name]}
-                            ]
-                        },
-                    }
-                ]
-            }
-        }
+        pod_spec["affinity"] = pod.prefer_node(node_name)
     metadata = _metadata(owner, replica_pod_name(owner.name, index))
     metadata["labels"][contract.REPLICA_LABEL] = str(index)
     annotations = dict(engine.annotations)

@@ -87,6 +87,25 @@ def _pod_security(settings: BuildSettings) -> dict[str, Any]:
     return security
 
 
+def prefer_node(node_name: str) -> dict[str, Any]:
+    """Affinity for the node a checkpoint lives on: asked for, but the scheduler decides. A pod
+    placed elsewhere (the node is gone or full) cannot be restored into and wakes cold."""
+    return {
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "preference": {
+                        "matchFields": [
+                            {"key": "metadata.name", "operator": "In", "values": [node_name]}
+                        ]
+                    },
+                }
+            ]
+        }
+    }
+
+
 def pod(
     owner: Identity,
     spec: SandboxSpec,
@@ -141,22 +160,7 @@ def pod(
     if template.priority_class_name:
         pod_spec["priorityClassName"] = template.priority_class_name
     if node_name:
-        # The checkpoint lives on that node: ask for it, but let the scheduler decide. A pod
-        # placed elsewhere (the node is gone or full) cannot be restored into and wakes cold.
-        pod_spec["affinity"] = {
-            "nodeAffinity": {
-                "preferredDuringSchedulingIgnoredDuringExecution": [
-                    {
-                        "weight": 100,
-                        "preference": {
-                            "matchFields": [
-                                {"key": "metadata.name", "operator": "In", "values": [node_name]}
-                            ]
-                        },
-                    }
-                ]
-            }
-        }
+        pod_spec["affinity"] = prefer_node(node_name)
     metadata: dict[str, Any] = {
         "name": names.pod_name(owner.name),
         "namespace": owner.namespace,
