@@ -75,6 +75,10 @@ def running_stack(real_node: Cluster, tmp_path: Path) -> Iterator[Stack]:
         running.kubectl("delete", "sandbox", NAME, "--ignore-not-found", "--timeout=60s")
         real_node.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         stop_operator(operator)
+        if running.operator is not operator:
+            # The test started another (it killed the first): left running, it would go on
+            # reconciling the next tests' objects beside their own operator.
+            stop_operator(running.operator)
         stack.stop_process(real_node, "kocoon-router")
         stack.stop_process(real_node, "kocoon-agent")
         errors = [line for line in operator.output().splitlines() if '"level": "error"' in line]

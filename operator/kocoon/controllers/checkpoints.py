@@ -235,7 +235,8 @@ class AgentCheckpointer:
         except aiohttp.ClientConnectorError as error:
             raise AgentUnreachable(f"agent on {node} unreachable at {url}: {error}") from error
         except aiohttp.ClientError as error:
-            raise CheckpointFailed(f"agent on {node} failed at {url}: {error}") from error
+            # It may have received the call and acted on it: not asked again.
+            raise CheckpointFailed(f"agent on {node} unreachable at {url}: {error}") from error
 
     async def checkpoint(self, target: Target, checkpoint_id: str) -> Checkpoint:
         request = CheckpointRequest(
