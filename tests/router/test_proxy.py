@@ -616,3 +616,26 @@ async def test_a_websocket_handshake_on_a_closed_pooled_connection_is_resent(
         assert not ws.closed
     assert closer.dropped == ["GET /ws HTTP/1.1"]
     assert [line for line, _, _ in closer.answered] == ["GET /page HTTP/1.1", "GET /ws HTTP/1.1"]
+
+
+async def test_a_request_before_the_table_is_listed_waits_for_it_instead_of_404(
+    router: RunningRouter, backend: Backend, http: aiohttp.ClientSession
+) -> None:
+    """A router that has just (re)started answers from its table only once the watches have
+    listed; until then a request for a target it does not know yet waits, not 404s."""
+    synced = False
+    router.router.proxy.synced = lambda: synced
+
+    async def list_later() -> None:
+        nonlocal synced
+        await asyncio.sleep(0.3)
+        add_session(router.table, "late", backend, TOKEN)
+        synced = True
+
+    listing = asyncio.create_task(list_later())
+    async with http.get(session_url(router, "late"), headers=bearer(TOKEN)) as response:
+        assert response.status == 200
+    await listing
+    # Once synced, an unknown target is answered at once.
+    async with http.get(session_url(router, "nobody")) as response:
+        assert response.status == 404

@@ -282,6 +282,7 @@ async def serve(args: argparse.Namespace) -> None:
         activity_interval=args.activity_interval,
     )  # fmt: skip
     router.ready = ready
+    router.proxy.synced = ready
     background.append(router.publisher.run)
     runners = []
     for app, address, flag in (

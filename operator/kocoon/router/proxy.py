@@ -62,6 +62,11 @@ DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
 CONNECT_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 
 
+# Requests that arrive before the routing table is first listed wait this long for it.
+DEFAULT_SYNC_WAIT_SECONDS = 10.0
+SYNC_POLL_SECONDS = 0.05
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     domain: str | None = None
@@ -71,6 +76,7 @@ class ProxyConfig:
     balance: Policy = Policy.PREFIX  # across a model's replicas (bench/bench_balance.py)
     prefix_chars: int = DEFAULT_PREFIX_CHARS  # balance=prefix: the prompt's first characters
     load_factor: float = DEFAULT_LOAD_FACTOR  # balance=prefix: at most this times mean load
+    sync_wait: float = DEFAULT_SYNC_WAIT_SECONDS  # a request before the first listing waits
 
     def __post_init__(self) -> None:
         if self.load_factor < 1:
@@ -161,6 +167,17 @@ class Proxy:
         self._client: aiohttp.ClientSession | None = None
         self._fresh_client: aiohttp.ClientSession | None = None
         self.models = ModelEndpoint(self)
+        # Whether the routing table has been filled from the API server. A router that has
+        # just started (or restarted) must not answer 404 for a target it has not listed yet.
+        self.synced: Callable[[], bool] = lambda: True
+
+    async def _wait_synced(self) -> None:
+        """Hold a request that came before the table was listed, for at most
+        `config.sync_wait` seconds; then it is answered from what the table holds."""
+        deadline = time.monotonic() + self.config.sync_wait
+        # The table is synced when every watch has listed: a predicate over them, polled.
+        while not self.synced() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(SYNC_POLL_SECONDS)
 
     @property
     def client(self) -> aiohttp.ClientSession:
@@ -222,6 +239,8 @@ class Proxy:
                 )  # fmt: skip
         kind = TargetKind.MODEL if match is None else match.key.kind
         code = "499"  # the client went away and the handler was cancelled
+        if not self.synced():
+            await self._wait_synced()
         try:
             if match is None:
                 response = await self.models.handle_openai(request)
