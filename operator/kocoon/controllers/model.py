@@ -767,10 +767,7 @@ async def replica_event(
     if not namespace:
         return
     model = controller()
-    if type == "DELETED":
-        model.pods.remove(namespace, name)
-    else:
-        model.pods.upsert(dict(body))
+    model.pods.observe(type, dict(body))
     owner = labels[contract.MODEL_LABEL]
     if model.deployments.get(namespace, owner) is not None:
         model.reconciler.trigger(Key(namespace, owner))
@@ -793,10 +790,7 @@ async def activity_event(
     if not namespace:
         return
     model = controller()
-    if type == "DELETED":
-        model.leases.remove(namespace, name)
-    else:
-        model.leases.upsert(dict(body))
+    model.leases.observe(type, dict(body))
     target = labels.get(contract.TARGET_NAME_LABEL)
     if target and model.deployments.get(namespace, target) is not None:
         model.reconciler.trigger(Key(namespace, target))

@@ -90,6 +90,14 @@ class Store:
         if not names:
             del self._objects[namespace or ""]
 
+    def observe(self, event_type: str, body: Mapping[str, Any]) -> None:
+        """Apply one watch event: DELETED removes the object, anything else stores it."""
+        if event_type == "DELETED":
+            metadata = body.get("metadata") or {}
+            self.remove(metadata.get("namespace"), str(metadata.get("name", "")))
+        else:
+            self.upsert(body)
+
     def get(self, namespace: str | None, name: str) -> dict[str, Any] | None:
         return self._objects.get(namespace or "", {}).get(name)
 

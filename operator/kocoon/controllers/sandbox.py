@@ -784,10 +784,7 @@ def on_child_event(
     namespace, name = metadata.get("namespace"), metadata.get("name")
     if not namespace or not name:
         return
-    if event_type == "DELETED":
-        ctx.store(kind).remove(namespace, name)
-    else:
-        ctx.store(kind).upsert(body)
+    ctx.store(kind).observe(event_type, body)
     reconciler = ctx.reconcilers.get(KIND)
     if sandbox and reconciler is not None and ctx.store(KIND).get(namespace, sandbox) is not None:
         reconciler.trigger(Key(namespace, sandbox))
